@@ -1,0 +1,84 @@
+// Schemas of the svdprune ops (the one place they are defined) and the argument checks that
+// every backend shares.
+#include "svdprune.h"
+
+#include <ATen/ATen.h>
+#include <Python.h>
+#include <torch/library.h>
+
+// An importable, empty Python module: `import svdprune_cuda._C` loads this library, whose
+// static initialisers register the ops below with the dispatcher.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace svdprune {
+
+at::Tensor batched_features(const at::Tensor& features) {
+  TORCH_CHECK(features.dim() == 2 || features.dim() == 3,
+              "svdprune: features must be [N, D] or [B, N, D], got shape ", features.sizes());
+  TORCH_CHECK(at::isFloatingType(features.scalar_type()),
+              "svdprune: features must be float16, bfloat16, float32 or float64, got ", features.scalar_type());
+  TORCH_CHECK(features.scalar_type() == at::kHalf || features.scalar_type() == at::kBFloat16 ||
+                  features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble,
+              "svdprune: features must be float16, bfloat16, float32 or float64, got ", features.scalar_type());
+  const auto x = features.dim() == 3 ? features : features.unsqueeze(0);
+  TORCH_CHECK(x.size(1) > 0, "svdprune: features must have at least one token (N > 0), got shape ",
+              features.sizes());
+  TORCH_CHECK(x.size(2) > 0, "svdprune: features must have at least one feature (D > 0), got shape ",
+              features.sizes());
+  return x;
+}
+
+void check_variance(double variance) {
+  TORCH_CHECK(variance > 0.0 && variance <= 1.0, "svdprune: variance must be in (0, 1], got ", variance);
+}
+
+void check_budget(int64_t budget, int64_t num_tokens) {
+  TORCH_CHECK(budget >= 1 && budget <= num_tokens, "svdprune: budget must be in [1, N=", num_tokens, "], got ",
+              budget);
+}
+
+int64_t resolve_max_tokens(int64_t min_tokens, int64_t max_tokens, int64_t num_tokens) {
+  TORCH_CHECK(min_tokens >= 0 && min_tokens <= num_tokens, "svdprune: min_tokens must be in [0, N=", num_tokens,
+              "], got ", min_tokens);
+  const int64_t resolved = max_tokens == -1 ? num_tokens : max_tokens;
+  TORCH_CHECK(resolved >= 1 && resolved <= num_tokens, "svdprune: max_tokens must be -1 or in [1, N=", num_tokens,
+              "], got ", max_tokens);
+  TORCH_CHECK(min_tokens <= resolved, "svdprune: min_tokens (", min_tokens, ") must not exceed max_tokens (",
+              max_tokens, ")");
+  return resolved;
+}
+
+Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens, int64_t dim) {
+  if (method == "exact") return Method::Exact;
+  if (method == "randomized") return Method::Randomized;
+  TORCH_CHECK(method == "auto", "svdprune: method must be 'exact', 'randomized' or 'auto', got '", method, "'");
+  // The rule is backed by benchmarks/RESULTS.md: the randomized sketch wins once the Gram
+  // matrix it avoids (min(N, D) squared) is large; small problems are cheaper exactly.
+  (void)is_cuda;
+  return std::min(num_tokens, dim) >= 256 ? Method::Randomized : Method::Exact;
+}
+
+void check_finite(const at::Tensor& features) {
+  TORCH_CHECK(at::isfinite(features).all().item<bool>(), "svdprune: features contains NaN or Inf");
+}
+
+at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features) {
+  return features.dim() == 3 ? t : t.squeeze(0);
+}
+
+}  // namespace svdprune
+
+TORCH_LIBRARY(svdprune, m) {
+  m.def("leverage(Tensor features, float variance=0.9, str method=\"exact\", bool center=False, int seed=0)"
+        " -> (Tensor scores, Tensor rank)");
+  m.def("select(Tensor features, int budget, float variance=0.9, str method=\"exact\", bool center=False,"
+        " int seed=0) -> (Tensor indices, Tensor scores, Tensor rank)");
+  m.def("select_adaptive(Tensor features, float variance=0.9, int min_tokens=1, int max_tokens=-1,"
+        " str method=\"exact\", bool center=False, int seed=0) -> (Tensor mask, Tensor count, Tensor scores,"
+        " Tensor rank)");
+}

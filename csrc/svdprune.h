@@ -1,0 +1,34 @@
+// Shared declarations of the svdprune ops: argument checks and the rank rule that every
+// backend applies identically. Backends (csrc/cpu, csrc/cuda) register their kernels for the
+// schemas defined once in ops.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string_view>
+
+namespace svdprune {
+
+enum class Method { Exact, Randomized };
+
+// Relative slack on the rank cut-off, so that variance=1 yields the numerical rank instead
+// of min(N, D) when rounding leaves the cumulative energy a hair below the total.
+constexpr double kRankSlackFloat = 1e-5;
+constexpr double kRankSlackDouble = 1e-10;
+
+// Validates `features` ([N, D] or [B, N, D], floating point, N, D > 0) and returns a
+// [B, N, D] view of it.
+at::Tensor batched_features(const at::Tensor& features);
+void check_variance(double variance);
+void check_budget(int64_t budget, int64_t num_tokens);
+// Validates min/max_tokens and returns max_tokens with -1 resolved to num_tokens.
+int64_t resolve_max_tokens(int64_t min_tokens, int64_t max_tokens, int64_t num_tokens);
+// Parses "exact" / "randomized" / "auto"; "auto" picks by device and shape (see README).
+Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens, int64_t dim);
+// CPU only: raises if `features` holds NaN or Inf (the check synchronises).
+void check_finite(const at::Tensor& features);
+// Drops the leading batch dimension of `t` when the op's input had none.
+at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features);
+
+}  // namespace svdprune
