@@ -57,7 +57,19 @@ def cuda_math_libraries():
     raise RuntimeError("cusolverDn.h not found in CUDA_HOME or in the nvidia-* wheels")
 
 
+def write_build_config(cuda: bool) -> None:
+    """Records how the extension was built, for `python -m svdprune_cuda.info`."""
+    arch_list = os.getenv("TORCH_CUDA_ARCH_LIST", "") if cuda else ""
+    (ROOT / "svdprune_cuda" / "_build_config.py").write_text(
+        "# Written by setup.py at build time.\n"
+        f"WITH_CUDA = {cuda!r}\n"
+        f"CUDA_ARCH_LIST = {arch_list!r}\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+    )
+
+
 def extension():
+    write_build_config(with_cuda())
     sources = ["csrc/ops.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     cxx_flags = ["-O3"]
     if not with_cuda():

@@ -6,11 +6,29 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// An importable, empty Python module: `import svdprune_cuda._C` loads this library, whose
-// static initialisers register the ops below with the dispatcher.
+#ifdef SVDPRUNE_WITH_CUDA
+namespace svdprune {
+int cusolver_version();  // csrc/cuda/build_info.cpp
+}
+#endif
+
+// `import svdprune_cuda._C` loads this library, whose static initialisers register the ops
+// below with the dispatcher. The module itself only reports the linked cuSOLVER version.
+static PyObject* cusolver_version(PyObject*, PyObject*) {
+#ifdef SVDPRUNE_WITH_CUDA
+  return PyLong_FromLong(svdprune::cusolver_version());
+#else
+  Py_RETURN_NONE;
+#endif
+}
+
+static PyMethodDef module_methods[] = {
+    {"cusolver_version", cusolver_version, METH_NOARGS, "cuSOLVER version linked in, or None (CPU-only build)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, module_methods};
   return PyModule_Create(&module_def);
 }
 }
@@ -61,10 +79,6 @@ Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens,
   // matrix it avoids (min(N, D) squared) is large; small problems are cheaper exactly.
   (void)is_cuda;
   return std::min(num_tokens, dim) >= 256 ? Method::Randomized : Method::Exact;
-}
-
-void check_finite(const at::Tensor& features) {
-  TORCH_CHECK(at::isfinite(features).all().item<bool>(), "svdprune: features contains NaN or Inf");
 }
 
 at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features) {

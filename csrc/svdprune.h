@@ -26,8 +26,6 @@ void check_budget(int64_t budget, int64_t num_tokens);
 int64_t resolve_max_tokens(int64_t min_tokens, int64_t max_tokens, int64_t num_tokens);
 // Parses "exact" / "randomized" / "auto"; "auto" picks by device and shape (see README).
 Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens, int64_t dim);
-// CPU only: raises if `features` holds NaN or Inf (the check synchronises).
-void check_finite(const at::Tensor& features);
 // Drops the leading batch dimension of `t` when the op's input had none.
 at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features);
 

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <utility>
 
@@ -15,11 +16,12 @@ namespace svdprune {
 namespace {
 
 // Randomized range finder settings. Real photographs need k of 1-10 at variance 0.9, so a
-// first sketch of 32 columns usually suffices; it grows by 32 while fewer than kOversample
-// columns remain beyond the rank.
-constexpr int64_t kSketchBlock = 32;
+// first sketch of 16 columns usually suffices; it doubles while fewer than kOversample
+// columns remain beyond the rank. Past a quarter of min(N, D) the sketch saves little over
+// the exact Gram eigensolver, which then takes over (flat spectra, e.g. noise).
+constexpr int64_t kInitialSketch = 16;
 constexpr int64_t kOversample = 8;
-constexpr int64_t kPowerIterations = 2;
+constexpr int64_t kPowerIterations = 3;
 
 struct Cut {
   int64_t rank;
@@ -48,16 +50,32 @@ std::pair<at::Tensor, at::Tensor> eigh_descending(const at::Tensor& gram) {
   return {values.flip(0), vectors.flip(1)};
 }
 
+// Lower triangle of X Xᵀ, the part the eigensolver reads, one row block at a time: with
+// kGramBlocks blocks this costs (kGramBlocks + 1) / (2 kGramBlocks) of a full GEMM.
+constexpr int64_t kGramBlocks = 4;
+
+at::Tensor gram_lower(const at::Tensor& x) {
+  const int64_t n = x.size(0);
+  const int64_t step = (n + kGramBlocks - 1) / kGramBlocks;
+  auto gram = at::zeros({n, n}, x.options());
+  for (int64_t begin = 0; begin < n; begin += step) {
+    const int64_t rows = std::min(step, n - begin);
+    auto block = gram.narrow(0, begin, rows).narrow(1, 0, begin + rows);
+    at::mm_out(block, x.narrow(0, begin, rows), x.narrow(0, 0, begin + rows).t());
+  }
+  return gram;
+}
+
 // Exact leverage from the smaller Gram matrix: X Xᵀ (N×N) gives U directly; XᵀX (D×D) gives
 // V, and U_k = X V_k / sigma_k.
 std::pair<at::Tensor, int64_t> leverage_exact(const at::Tensor& x, double total, double variance, double slack) {
   const int64_t n = x.size(0), d = x.size(1);
   if (n <= d) {
-    auto [values, vectors] = eigh_descending(at::mm(x, x.t()));
+    auto [values, vectors] = eigh_descending(gram_lower(x));
     const int64_t rank = rank_cut(values, total, variance, slack).rank;
     return {vectors.narrow(1, 0, rank).square().sum(1), rank};
   }
-  auto [values, vectors] = eigh_descending(at::mm(x.t(), x));
+  auto [values, vectors] = eigh_descending(gram_lower(x.t()));
   const int64_t rank = rank_cut(values, total, variance, slack).rank;
   const auto top_values = values.narrow(0, 0, rank);
   // Directions with a numerically zero eigenvalue carry no energy; dropping them avoids 0/0.
@@ -79,28 +97,41 @@ at::Tensor range_finder(const at::Tensor& x, const at::Tensor& omega) {
 }
 
 // Randomized leverage: Gaussian sketch (deterministic for `seed`), power iterations,
-// Rayleigh–Ritz on the small Gram matrix of Qᵀ X; the sketch grows until its Ritz values
-// capture `variance` of ‖X‖_F² with kOversample columns to spare, or spans the whole range.
+// Rayleigh–Ritz on the small Gram matrix of Qᵀ X. The sketch doubles until its Ritz values
+// capture `variance` of ‖X‖_F² with kOversample columns to spare; a rank too large for a
+// sketch of min(N, D)/4 columns is computed exactly.
 std::pair<at::Tensor, int64_t> leverage_randomized(const at::Tensor& x, double total, double variance, double slack,
                                                    int64_t seed) {
-  const int64_t n = x.size(0), d = x.size(1), full = std::min(n, d);
+  const int64_t n = x.size(0), d = x.size(1), max_width = std::min(n, d) / 4;
   if (!(total > 0.0)) return {at::zeros({n}, x.options()), 0};
   auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-  int64_t width = std::min(kSketchBlock, full);
-  auto omega = at::randn({d, width}, generator, x.options());
-  while (true) {
+  auto omega = at::randn({d, std::min(kInitialSketch, max_width)}, generator, x.options());
+  while (omega.size(1) >= 1) {
+    const int64_t width = omega.size(1);
     const auto q = range_finder(x, omega);
     const auto b = at::mm(q.t(), x);
     auto [values, vectors] = eigh_descending(at::mm(b, b.t()));
     const Cut cut = rank_cut(values, total, variance, slack);
-    if (width == full || (cut.reached && cut.rank + kOversample <= width)) {
+    if (cut.reached && cut.rank + kOversample <= width) {
       const auto u = at::mm(q, vectors.narrow(1, 0, cut.rank));
       return {u.square().sum(1), cut.rank};
     }
-    const int64_t extra = std::min(kSketchBlock, full - width);
-    omega = at::cat({omega, at::randn({d, extra}, generator, x.options())}, 1);
-    width += extra;
+    if (2 * width > max_width) break;
+    // The first columns are kept, so a wider sketch refines the narrower one.
+    omega = at::cat({omega, at::randn({d, width}, generator, x.options())}, 1);
   }
+  return leverage_exact(x, total, variance, slack);
+}
+
+// ‖X‖_F², which doubles as the NaN/Inf check: any non-finite entry makes it non-finite, so
+// the full scan runs only to tell NaN/Inf apart from overflow.
+double energy(const at::Tensor& image) {
+  const auto flat = image.view(-1);
+  const double total = at::dot(flat, flat).item<double>();
+  if (std::isfinite(total)) return total;
+  TORCH_CHECK(at::isfinite(flat).all().item<bool>(), "svdprune: features contains NaN or Inf");
+  TORCH_CHECK(false, "svdprune: features too large for ", image.scalar_type(),
+              " computation (||X||_F^2 overflows); pass float64 features");
 }
 
 // Scores [B, N] and rank [B] of a [B, N, D] batch.
@@ -110,7 +141,6 @@ std::pair<at::Tensor, at::Tensor> leverage_batch(const at::Tensor& features, dou
   check_variance(variance);
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2);
   const Method method = resolve_method(method_name, /*is_cuda=*/false, n, d);
-  check_finite(x);
   const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double slack = compute == at::kDouble ? kRankSlackDouble : kRankSlackFloat;
   auto scores = at::empty({batch, n}, x.options().dtype(compute));
@@ -120,7 +150,7 @@ std::pair<at::Tensor, at::Tensor> leverage_batch(const at::Tensor& features, dou
     for (int64_t i = begin; i < end; ++i) {
       auto image = x[i].to(compute).contiguous();
       if (center) image = image - image.mean(0, /*keepdim=*/true);
-      const double total = image.square().sum(at::kDouble).item<double>();
+      const double total = energy(image);
       auto [image_scores, image_rank] = method == Method::Exact
                                             ? leverage_exact(image, total, variance, slack)
                                             : leverage_randomized(image, total, variance, slack, seed);

@@ -1,0 +1,34 @@
+"""Build information: ``python -m svdprune_cuda.info``."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+import svdprune_cuda
+from svdprune_cuda import _build_config, _C
+
+
+def build_info() -> dict[str, object]:
+    cusolver = _C.cusolver_version()
+    return {
+        "svdprune_cuda": svdprune_cuda.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch built against": _build_config.TORCH_VERSION,
+        "built with CUDA": _build_config.WITH_CUDA,
+        "CUDA arch list": _build_config.CUDA_ARCH_LIST or "-",
+        "cuSOLVER": "-" if cusolver is None else f"{cusolver // 1000}.{cusolver % 1000 // 100}.{cusolver % 100}",
+        "CUDA kernels registered": torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA"),
+        "GPU": torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible",
+    }
+
+
+def main() -> None:
+    for key, value in build_info().items():
+        print(f"{key:>24}: {value}")
+
+
+if __name__ == "__main__":
+    main()

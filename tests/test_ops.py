@@ -1,0 +1,328 @@
+"""torch.ops.svdprune.* on CPU against the float64 reference."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import svdprune_cuda
+from svdprune_cuda import reference
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+METHODS = ["exact", "randomized"]
+
+
+def score_tolerance(dtype: torch.dtype) -> float:
+    # Scores are compared with the reference run on the same (already rounded) input, so the
+    # tolerance reflects the compute precision: float64 for float64 input, float32 otherwise.
+    return 1e-9 if dtype == torch.float64 else 2e-4
+
+
+def designed(n, d, singular_values, seed=0, noise=0.0, batch=None):
+    """X = U diag(s) Vᵀ with the given singular values, plus optional Gaussian noise.
+
+    U comes from rows of random directions scaled by weights in tiers (16 rows ×8, 16 ×4,
+    32 ×2, the rest in [0.2, 1]), so with the first three directions kept (SPECTRUM at
+    variance 0.9) the top-16/32/64 leverage scores are separated by a clear gap."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch,) if batch else ()
+    r = len(singular_values)
+    weights = torch.linspace(0.2, 1.0, n, dtype=torch.float64)
+    if n >= 128:
+        weights[:16], weights[16:32], weights[32:64] = 8.0, 4.0, 2.0
+    weights = weights[torch.randperm(n, generator=generator)]
+    directions = torch.randn(*shape, n, r, generator=generator, dtype=torch.float64)
+    head, tail = directions[..., :3], directions[..., 3:]
+    directions = torch.cat([head / head.norm(dim=-1, keepdim=True), tail / tail.norm(dim=-1, keepdim=True)], -1)
+    u = torch.linalg.qr(weights[:, None] * directions)[0]
+    v = torch.linalg.qr(torch.randn(*shape, d, r, generator=generator, dtype=torch.float64))[0]
+    s = torch.tensor(singular_values, dtype=torch.float64)
+    x = (u * s) @ v.transpose(-1, -2)
+    return x + noise * torch.randn(*shape, n, d, generator=generator, dtype=torch.float64)
+
+
+SPECTRUM = [10.0, 6.0, 4.0, 2.5, 1.5, 1.0]  # variance 0.9 cuts at k=3, far from a boundary
+
+
+def lifted(patches: torch.Tensor, dim: int = 4096) -> torch.Tensor:
+    """A fixed random nonlinear lift of patches to `dim` features, a stand-in for projector output."""
+    weight = torch.randn(patches.shape[-1], dim, generator=torch.Generator().manual_seed(1)) / patches.shape[-1] ** 0.5
+    return torch.nn.functional.gelu(patches @ weight)
+
+
+def assert_top_k(indices: torch.Tensor, scores: torch.Tensor, budget: int, tol: float):
+    """`indices` are `budget` distinct ascending tokens whose reference scores are, up to `tol`,
+    the largest; where the K-th and (K+1)-th scores are further apart than `tol`, exactly the
+    reference's choice."""
+    assert indices.shape == (*scores.shape[:-1], budget)
+    for idx, score in zip(indices.reshape(-1, budget), scores.reshape(-1, scores.shape[-1])):
+        assert torch.all(idx[1:] > idx[:-1]), "indices must be strictly ascending"
+        kept = torch.zeros_like(score, dtype=torch.bool)
+        kept[idx] = True
+        if (~kept).any():
+            assert score[kept].min() >= score[~kept].max() - tol
+        ordered = torch.sort(score, descending=True).values
+        if budget < len(score) and ordered[budget - 1] - ordered[budget] > 2 * tol:
+            expected = torch.sort(torch.sort(score, descending=True, stable=True).indices[:budget]).values
+            assert torch.equal(idx, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(576, 1024), (576, 64), (100, 588)])
+def test_leverage_matches_reference(dtype, method, n, d):
+    x = designed(n, d, SPECTRUM, noise=1e-3).to(dtype)
+    scores, rank = torch.ops.svdprune.leverage(x, 0.9, method)
+    expected_scores, expected_rank = reference.leverage(x)
+    assert scores.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rank.dtype == torch.int64 and rank.shape == ()
+    assert rank.item() == expected_rank.item() == 3
+    torch.testing.assert_close(scores.double(), expected_scores, atol=score_tolerance(dtype), rtol=0)
+    torch.testing.assert_close(scores.sum().double(), rank.double(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("budget", [64, 32, 16])
+def test_select_exact_indices_on_separated_scores(method, budget):
+    x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=3).float()
+    indices, scores, rank = torch.ops.svdprune.select(x, budget, 0.9, method)
+    expected_indices, expected_scores, expected_rank = reference.select(x, budget)
+    ordered = torch.sort(expected_scores, descending=True).values
+    assert (ordered[:, budget - 1] - ordered[:, budget]).min() > 1e-3, "test data must separate the K-th score"
+    assert indices.dtype == torch.int64
+    assert torch.equal(indices, expected_indices)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("lift", [False, True], ids=["patches", "lifted4096"])
+@pytest.mark.parametrize("method", METHODS)
+def test_select_on_photos(photos, method, lift):
+    for name, patches in photos.items():
+        x = lifted(patches) if lift else patches
+        expected_scores, expected_rank = reference.leverage(x)
+        for budget in (64, 32, 16):
+            indices, scores, rank = svdprune_cuda.select(x, budget, method=method)
+            assert rank.item() == expected_rank.item(), name
+            torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+            assert_top_k(indices, expected_scores, budget, tol=2e-4)
+            expected = reference.select(x, budget)[0]
+            overlap = len(set(indices.tolist()) & set(expected.tolist())) / budget
+            assert overlap >= 0.95, (name, budget, overlap)
+
+
+@pytest.mark.parametrize("method,tol", [("exact", 1e-5), ("randomized", 2e-3)])
+def test_photos_batched_with_centering(photos, method, tol):
+    # Centred photos keep 5-9 directions from a slowly decaying spectrum: the hardest case
+    # for the randomized sketch, whose scores then carry an error of order 1e-3.
+    x = torch.stack(list(photos.values()))
+    indices, scores, rank = torch.ops.svdprune.select(x, 32, 0.9, method, True)
+    expected_indices, expected_scores, expected_rank = reference.select(x, 32, center=True)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=tol, rtol=0)
+    assert_top_k(indices, expected_scores, 32, tol=tol)
+    for got, want in zip(indices, expected_indices):
+        assert len(set(got.tolist()) & set(want.tolist())) >= 0.95 * 32
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_equals_unbatched(dtype):
+    x = designed(200, 300, SPECTRUM, noise=1e-2, batch=4).to(dtype)
+    batched = torch.ops.svdprune.select(x, 20)
+    for b in range(4):
+        single = torch.ops.svdprune.select(x[b], 20)
+        for out_batched, out_single in zip(batched, single):
+            assert torch.equal(out_batched[b], out_single)
+
+
+def test_noncontiguous_input_gives_the_same_result():
+    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float()
+    transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    strided = torch.zeros(2, 300, 400)
+    strided[..., ::2] = x
+    for view in (transposed, strided[..., ::2]):
+        assert not view.is_contiguous()
+        for method in METHODS:
+            for got, want in zip(torch.ops.svdprune.select(view, 16, 0.9, method),
+                                 torch.ops.svdprune.select(x, 16, 0.9, method)):
+                assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_image(method):
+    x = torch.zeros(2, 64, 32)
+    x[1] = designed(64, 32, SPECTRUM).float()
+    indices, scores, rank = torch.ops.svdprune.select(x, 8, 0.9, method)
+    assert rank[0] == 0 and rank[1] == 3
+    assert torch.equal(scores[0], torch.zeros(64))
+    assert torch.equal(indices[0], torch.arange(8))
+    mask, count, _, _ = torch.ops.svdprune.select_adaptive(x, 0.9, 2, -1, method)
+    assert count[0] == 2 and torch.equal(mask[0], torch.arange(64) < 2)
+
+
+def test_ties_go_to_the_lower_index():
+    # Zero rows have leverage exactly 0 (D < N: U = X V / sigma), so the rows beyond the
+    # non-zero ones are picked in index order.
+    x = torch.zeros(100, 8)
+    nonzero = torch.tensor([3, 10, 42, 77, 90])
+    x[nonzero] = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    indices, scores, _ = torch.ops.svdprune.select(x, 9, 1.0)
+    assert torch.equal(scores[torch.tensor([i for i in range(100) if i not in nonzero.tolist()])], torch.zeros(95))
+    assert indices.tolist() == [0, 1, 2, 3, 4, 10, 42, 77, 90]
+    assert indices.tolist() == reference.select(x, 9, 1.0)[0].tolist()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_variance_one_gives_the_numerical_rank(method):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(576, 5, generator=generator) @ torch.randn(5, 1024, generator=generator)
+    _, rank = torch.ops.svdprune.leverage(x, 1.0, method)
+    assert rank.item() == 5 == reference.leverage(x, 1.0)[1].item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_follows_variance(dtype):
+    x = designed(300, 400, SPECTRUM).to(dtype)
+    energy = torch.tensor(SPECTRUM) ** 2
+    cumulative = torch.cumsum(energy, 0) / energy.sum()
+    for variance in (0.5, 0.8, 0.95, 0.99):
+        expected = int((cumulative < variance).sum()) + 1
+        assert torch.ops.svdprune.leverage(x, variance)[1].item() == expected
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("min_tokens,max_tokens", [(1, -1), (40, -1), (1, 10), (0, 576)])
+def test_select_adaptive_matches_reference(method, min_tokens, max_tokens):
+    x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).float()
+    mask, count, scores, rank = torch.ops.svdprune.select_adaptive(x, 0.9, min_tokens, max_tokens, method)
+    expected_mask, expected_count, expected_scores, _ = reference.select_adaptive(x, 0.9, min_tokens, max_tokens)
+    assert mask.dtype == torch.bool and count.dtype == torch.int64
+    assert torch.equal(count, expected_count)
+    assert torch.equal(mask.sum(-1), count)
+    assert torch.equal(mask, expected_mask)
+    # The kept tokens are the highest-leverage ones.
+    for m, s in zip(mask, expected_scores):
+        if (~m).any():
+            assert s[m].min() >= s[~m].max()
+
+
+def test_select_adaptive_unbatched_and_clamped():
+    x = designed(64, 128, SPECTRUM).float()
+    mask, count, scores, rank = torch.ops.svdprune.select_adaptive(x, 0.9, 1, 4)
+    assert mask.shape == (64,) and count.shape == () and scores.shape == (64,) and rank.shape == ()
+    assert count.item() <= 4 and mask.sum() == count
+
+
+def test_randomized_is_deterministic_and_per_image():
+    x = designed(576, 1024, SPECTRUM, noise=1e-2, batch=2).float()
+    first = torch.ops.svdprune.leverage(x, 0.9, "randomized", False, 7)
+    again = torch.ops.svdprune.leverage(x, 0.9, "randomized", False, 7)
+    swapped = torch.ops.svdprune.leverage(x.flip(0), 0.9, "randomized", False, 7)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert torch.equal(first[0], swapped[0].flip(0))
+    other_seed = torch.ops.svdprune.leverage(x, 0.9, "randomized", False, 8)
+    torch.testing.assert_close(first[0], other_seed[0], atol=1e-3, rtol=0)
+
+
+def test_randomized_falls_back_to_exact_on_flat_spectra():
+    x = torch.randn(576, 1024, generator=torch.Generator().manual_seed(0))
+    randomized = torch.ops.svdprune.leverage(x, 0.9, "randomized")
+    exact = torch.ops.svdprune.leverage(x, 0.9, "exact")
+    assert randomized[1].item() > 100
+    assert torch.equal(randomized[0], exact[0]) and torch.equal(randomized[1], exact[1])
+
+
+def test_auto_method_matches_reference():
+    x = designed(576, 1024, SPECTRUM, noise=1e-3).float()
+    indices, _, rank = torch.ops.svdprune.select(x, 32, 0.9, "auto")
+    assert torch.equal(indices, reference.select(x, 32)[0]) and rank.item() == 3
+
+
+def test_wrappers_forward_to_the_ops():
+    x = designed(128, 64, SPECTRUM, batch=2).float()
+    for got, want in zip(svdprune_cuda.select(x, 10, 0.8, "exact", True), torch.ops.svdprune.select(x, 10, 0.8, "exact", True)):
+        assert torch.equal(got, want)
+    for got, want in zip(svdprune_cuda.leverage(x), torch.ops.svdprune.leverage(x)):
+        assert torch.equal(got, want)
+    for got, want in zip(svdprune_cuda.select_adaptive(x, max_tokens=50), torch.ops.svdprune.select_adaptive(x, 0.9, 1, 50)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "op,args",
+    [
+        (torch.ops.svdprune.leverage.default, (0.9, "exact", False, 0)),
+        (torch.ops.svdprune.leverage.default, (0.9, "randomized", True, 3)),
+        (torch.ops.svdprune.select.default, (6, 0.9, "exact", False, 0)),
+        (torch.ops.svdprune.select_adaptive.default, (0.9, 1, -1, "exact", False, 0)),
+    ],
+)
+@pytest.mark.parametrize("batched", [False, True])
+def test_opcheck(op, args, batched):
+    x = designed(24, 40, SPECTRUM, batch=2 if batched else None).float()
+    torch.library.opcheck(op, (x, *args))
+
+
+def test_torch_compile_fullgraph():
+    def keep_tokens(features):
+        indices, _, _ = torch.ops.svdprune.select(features, 16)
+        return torch.gather(features, 1, indices[..., None].expand(-1, -1, features.shape[-1]))
+
+    x = designed(64, 48, SPECTRUM, batch=2).float()
+    compiled = torch.compile(keep_tokens, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x), keep_tokens(x))
+
+
+def test_meta_tensors_use_the_fake_kernels():
+    x = torch.empty(3, 576, 1024, device="meta", dtype=torch.float16)
+    indices, scores, rank = torch.ops.svdprune.select(x, 64)
+    assert indices.shape == (3, 64) and scores.shape == (3, 576) and scores.dtype == torch.float32
+    assert rank.shape == (3,)
+    mask, count, _, _ = torch.ops.svdprune.select_adaptive(x[0])
+    assert mask.shape == (576,) and mask.dtype == torch.bool and count.shape == ()
+
+
+def _nan_image():
+    x = torch.randn(16, 8)
+    x[3, 4] = float("nan")
+    return x
+
+
+def _inf_image():
+    x = torch.randn(2, 16, 8)
+    x[1, 0, 0] = float("inf")
+    return x
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: torch.ops.svdprune.select(torch.randn(16), 4), r"features must be \[N, D\] or \[B, N, D\]"),
+        (lambda: torch.ops.svdprune.select(torch.randn(1, 2, 16, 8), 4), r"features must be \[N, D\]"),
+        (lambda: torch.ops.svdprune.select(torch.ones(16, 8, dtype=torch.int32), 4), r"features must be float16"),
+        (lambda: torch.ops.svdprune.leverage(torch.ones(16, 8, dtype=torch.complex64)), r"features must be float16"),
+        (lambda: torch.ops.svdprune.leverage(torch.randn(0, 8)), r"N > 0"),
+        (lambda: torch.ops.svdprune.leverage(torch.randn(2, 16, 0)), r"D > 0"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8), 0), r"budget must be in \[1, N=16\], got 0"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8), 17), r"budget must be in \[1, N=16\], got 17"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8), 4, 0.0), r"variance must be in \(0, 1\], got 0"),
+        (lambda: torch.ops.svdprune.leverage(torch.randn(16, 8), 1.5), r"variance must be in \(0, 1\], got 1.5"),
+        (lambda: torch.ops.svdprune.leverage(torch.randn(16, 8), float("nan")), r"variance must be in \(0, 1\]"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8), 4, 0.9, "svd"), r"method must be 'exact', 'randomized' or 'auto', got 'svd'"),
+        (lambda: torch.ops.svdprune.select_adaptive(torch.randn(16, 8), 0.9, 5, 3), r"min_tokens \(5\) must not exceed max_tokens \(3\)"),
+        (lambda: torch.ops.svdprune.select_adaptive(torch.randn(16, 8), 0.9, 1, 17), r"max_tokens must be -1 or in \[1, N=16\], got 17"),
+        (lambda: torch.ops.svdprune.select_adaptive(torch.randn(16, 8), 0.9, -1, -1), r"min_tokens must be in \[0, N=16\], got -1"),
+        (lambda: torch.ops.svdprune.select(_nan_image(), 4), r"features contains NaN or Inf"),
+        (lambda: torch.ops.svdprune.leverage(_inf_image(), 0.9, "randomized"), r"features contains NaN or Inf"),
+        (lambda: torch.ops.svdprune.leverage(torch.full((16, 8), 3e38, dtype=torch.bfloat16)), r"too large .* pass float64"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+def test_info_command():
+    out = subprocess.run([sys.executable, "-m", "svdprune_cuda.info"], capture_output=True, text=True, check=True).stdout
+    assert "built with CUDA" in out and torch.__version__ in out
