@@ -81,6 +81,12 @@ Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens,
   return std::min(num_tokens, dim) >= 256 ? Method::Randomized : Method::Exact;
 }
 
+Strategy resolve_strategy(std::string_view strategy) {
+  if (strategy == "leverage") return Strategy::Leverage;
+  TORCH_CHECK(strategy == "pivoted", "svdprune: strategy must be 'leverage' or 'pivoted', got '", strategy, "'");
+  return Strategy::Pivoted;
+}
+
 at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features) {
   return features.dim() == 3 ? t : t.squeeze(0);
 }
@@ -91,7 +97,7 @@ TORCH_LIBRARY(svdprune, m) {
   m.def("leverage(Tensor features, float variance=0.9, str method=\"exact\", bool center=False, int seed=0)"
         " -> (Tensor scores, Tensor rank)");
   m.def("select(Tensor features, int budget, float variance=0.9, str method=\"exact\", bool center=False,"
-        " int seed=0) -> (Tensor indices, Tensor scores, Tensor rank)");
+        " int seed=0, str strategy=\"leverage\") -> (Tensor indices, Tensor scores, Tensor rank)");
   m.def("select_adaptive(Tensor features, float variance=0.9, int min_tokens=1, int max_tokens=-1,"
         " str method=\"exact\", bool center=False, int seed=0) -> (Tensor mask, Tensor count, Tensor scores,"
         " Tensor rank)");

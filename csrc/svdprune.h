@@ -11,6 +11,9 @@
 namespace svdprune {
 
 enum class Method { Exact, Randomized };
+// How `select` picks its tokens: top-K leverage (the paper's rule), or greedy column pivoting
+// on the leading `budget` left singular vectors (non-redundant tokens).
+enum class Strategy { Leverage, Pivoted };
 
 // Relative slack on the rank cut-off, so that variance=1 yields the numerical rank instead
 // of min(N, D) when rounding leaves the cumulative energy a hair below the total.
@@ -26,6 +29,7 @@ void check_budget(int64_t budget, int64_t num_tokens);
 int64_t resolve_max_tokens(int64_t min_tokens, int64_t max_tokens, int64_t num_tokens);
 // Parses "exact" / "randomized" / "auto"; "auto" picks by device and shape (see README).
 Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens, int64_t dim);
+Strategy resolve_strategy(std::string_view strategy);
 // Drops the leading batch dimension of `t` when the op's input had none.
 at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features);
 

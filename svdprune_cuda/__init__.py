@@ -25,9 +25,10 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 
 from . import _fake  # noqa: E402,F401  (fake kernels for torch.compile)
 
-__all__ = ["leverage", "select", "select_adaptive", "reference", "METHODS", "__version__"]
+__all__ = ["leverage", "select", "select_adaptive", "reference", "METHODS", "STRATEGIES", "__version__"]
 
 METHODS = ("exact", "randomized", "auto")
+STRATEGIES = ("leverage", "pivoted")
 
 
 def _check_finite(features: torch.Tensor, check_finite: bool) -> None:
@@ -77,16 +78,22 @@ def select(
     method: str = "exact",
     center: bool = False,
     seed: int = 0,
+    strategy: str = "leverage",
     check_finite: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``budget`` highest-leverage tokens of each image.
+    """``budget`` tokens of each image.
+
+    ``strategy="leverage"`` (the paper's rule) keeps the highest-leverage tokens; ties go to
+    the lower index. ``"pivoted"`` runs greedy column pivoting (a rank-revealing QR) on the
+    leading ``budget`` left singular vectors, which keeps tokens that are far from redundant;
+    if X has fewer non-zero singular values than ``budget``, the rest go by leverage.
 
     Returns ``(indices, scores, rank)``: ``indices`` ``[B, budget]`` int64 in ascending
-    order (ties in leverage go to the lower index), and ``scores``/``rank`` as in
+    order, and ``scores``/``rank`` (leverage at ``variance``, whatever the strategy) as in
     :func:`leverage`.
     """
     _check_finite(features, check_finite)
-    return torch.ops.svdprune.select(features, budget, variance, method, center, seed)
+    return torch.ops.svdprune.select(features, budget, variance, method, center, seed, strategy)
 
 
 def select_adaptive(

@@ -27,7 +27,7 @@ def _leverage_fake(features, variance=0.9, method="exact", center=False, seed=0)
 
 
 @torch.library.register_fake("svdprune::select")
-def _select_fake(features, budget, variance=0.9, method="exact", center=False, seed=0):
+def _select_fake(features, budget, variance=0.9, method="exact", center=False, seed=0, strategy="leverage"):
     batch, n, _ = _shapes(features)
     torch._check(1 <= budget, lambda: f"budget must be in [1, N={n}], got {budget}")
     torch._check(budget <= n, lambda: f"budget must be in [1, N={n}], got {budget}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["leverage", "select", "select_adaptive", "rank_from_spectrum", "spectrum"]
+__all__ = ["leverage", "select", "select_adaptive", "rank_from_spectrum", "spectrum", "pivoted_tokens"]
 
 
 def _as_batch(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -67,12 +67,42 @@ def leverage(features, variance=0.9, method="exact", center=False, seed=0):
     return (scores, rank) if batched else (scores[0], rank[0])
 
 
-def select(features, budget, variance=0.9, method="exact", center=False, seed=0):
-    """The ``budget`` highest-leverage tokens in ascending index order, with scores and rank."""
+def pivoted_tokens(u: torch.Tensor, s: torch.Tensor, scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Pivoted selection of one image, ascending: greedy column pivoting (a rank-revealing QR's
+    pivot order) on U_mᵀ, m = min(budget, number of non-zero singular values), each step taking
+    the token farthest from the span of those already taken (ties to the lower index); the rest
+    of the budget, if any, by leverage."""
+    nonzero = int((s.square() > s[0].square() * RANK_SLACK).sum()) if s.numel() and s[0] > 0 else 0
+    m = min(budget, nonzero)
+    rows = u[:, :m].clone()
+    picked: list[int] = []
+    for _ in range(m):
+        norms = rows.square().sum(dim=1)
+        norms[picked] = -1.0
+        j = int(torch.argmax(norms))  # the first maximum: ties go to the lower index
+        direction = rows[j] / rows[j].norm()
+        rows -= torch.outer(rows @ direction, direction)
+        picked.append(j)
+    taken = set(picked)
+    rest = [j for j in _descending_order(scores).tolist() if j not in taken]
+    return torch.tensor(sorted(picked + rest[: budget - m]), dtype=torch.int64)
+
+
+def select(features, budget, variance=0.9, method="exact", center=False, seed=0, strategy="leverage"):
+    """``budget`` tokens in ascending index order, with scores and rank.
+
+    ``strategy="leverage"``: the highest-leverage tokens. ``"pivoted"``: see :func:`pivoted_tokens`.
+    """
+    if strategy not in ("leverage", "pivoted"):
+        raise ValueError(f"strategy must be 'leverage' or 'pivoted', got {strategy!r}")
     _, batched = _as_batch(features)
     scores, rank = _leverage_batched(features, variance, center)
-    top = _descending_order(scores)[..., :budget]
-    indices = torch.sort(top, dim=-1).values
+    if strategy == "leverage":
+        top = _descending_order(scores)[..., :budget]
+        indices = torch.sort(top, dim=-1).values
+    else:
+        u, s, _ = spectrum(features, center)
+        indices = torch.stack([pivoted_tokens(u[b], s[b], scores[b], budget) for b in range(u.shape[0])])
     return (indices, scores, rank) if batched else (indices[0], scores[0], rank[0])
 
 

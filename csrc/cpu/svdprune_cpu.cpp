@@ -11,6 +11,7 @@
 #include <cmath>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 namespace svdprune {
 namespace {
@@ -66,23 +67,34 @@ at::Tensor gram_lower(const at::Tensor& x) {
   return gram;
 }
 
-// Exact leverage from the smaller Gram matrix: X Xᵀ (N×N) gives U directly; XᵀX (D×D) gives
-// V, and U_k = X V_k / sigma_k.
-std::pair<at::Tensor, int64_t> leverage_exact(const at::Tensor& x, double total, double variance, double slack) {
+// Leading left singular vectors of one image, largest first. `u` has the `rank` columns of the
+// variance cut and, for pivoted selection, at least min(wanted, nonzero) columns, where
+// `nonzero` counts the singular values that are not numerically zero.
+struct Basis {
+  at::Tensor u;  // [N, columns]
+  int64_t rank;
+  int64_t nonzero;
+};
+
+int64_t count_nonzero(const at::Tensor& values_desc, double slack) {
+  if (values_desc.numel() == 0) return 0;
+  return (values_desc > values_desc[0] * slack).sum().item<int64_t>();
+}
+
+// Exact basis from the smaller Gram matrix: X Xᵀ (N×N) gives U directly; XᵀX (D×D) gives V,
+// and U = X V / sigma.
+Basis basis_exact(const at::Tensor& x, double total, double variance, double slack, int64_t wanted) {
   const int64_t n = x.size(0), d = x.size(1);
-  if (n <= d) {
-    auto [values, vectors] = eigh_descending(gram_lower(x));
-    const int64_t rank = rank_cut(values, total, variance, slack).rank;
-    return {vectors.narrow(1, 0, rank).square().sum(1), rank};
-  }
-  auto [values, vectors] = eigh_descending(gram_lower(x.t()));
+  const bool tokens_side = n <= d;
+  auto [values, vectors] = eigh_descending(gram_lower(tokens_side ? x : x.t()));
   const int64_t rank = rank_cut(values, total, variance, slack).rank;
-  const auto top_values = values.narrow(0, 0, rank);
+  const int64_t nonzero = count_nonzero(values, slack);
+  const int64_t columns = std::max(rank, std::min(wanted, nonzero));
+  if (tokens_side) return {vectors.narrow(1, 0, columns), rank, nonzero};
   // Directions with a numerically zero eigenvalue carry no energy; dropping them avoids 0/0.
-  const double floor = values.numel() > 0 ? values[0].item<double>() * slack : 0.0;
-  const auto inverse = at::where(top_values > floor, top_values.reciprocal(), at::zeros_like(top_values));
-  const auto xv = at::mm(x, vectors.narrow(1, 0, rank));
-  return {(xv.square() * inverse).sum(1), rank};
+  const auto top_values = values.narrow(0, 0, columns);
+  const auto inverse_sigma = at::where(top_values > values[0] * slack, top_values.rsqrt(), at::zeros_like(top_values));
+  return {at::mm(x, vectors.narrow(1, 0, columns)) * inverse_sigma, rank, nonzero};
 }
 
 // Orthonormal basis of the range of X·omega, refined by power iterations (re-orthonormalised
@@ -96,14 +108,14 @@ at::Tensor range_finder(const at::Tensor& x, const at::Tensor& omega) {
   return q;
 }
 
-// Randomized leverage: Gaussian sketch (deterministic for `seed`), power iterations,
+// Randomized basis: Gaussian sketch (deterministic for `seed`), power iterations,
 // Rayleigh–Ritz on the small Gram matrix of Qᵀ X. The sketch doubles until its Ritz values
-// capture `variance` of ‖X‖_F² with kOversample columns to spare; a rank too large for a
-// sketch of min(N, D)/4 columns is computed exactly.
-std::pair<at::Tensor, int64_t> leverage_randomized(const at::Tensor& x, double total, double variance, double slack,
-                                                   int64_t seed) {
-  const int64_t n = x.size(0), d = x.size(1), max_width = std::min(n, d) / 4;
-  if (!(total > 0.0)) return {at::zeros({n}, x.options()), 0};
+// capture `variance` of ‖X‖_F² with kOversample columns to spare and it is twice as wide as the
+// wanted basis (pivoting leans on the trailing wanted vectors, which a tighter sketch blurs); a
+// basis too large for a sketch of min(N, D)/4 columns is computed exactly.
+Basis basis_randomized(const at::Tensor& x, double total, double variance, double slack, int64_t seed,
+                       int64_t wanted) {
+  const int64_t d = x.size(1), max_width = std::min(x.size(0), d) / 4;
   auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
   auto omega = at::randn({d, std::min(kInitialSketch, max_width)}, generator, x.options());
   while (omega.size(1) >= 1) {
@@ -112,15 +124,65 @@ std::pair<at::Tensor, int64_t> leverage_randomized(const at::Tensor& x, double t
     const auto b = at::mm(q.t(), x);
     auto [values, vectors] = eigh_descending(at::mm(b, b.t()));
     const Cut cut = rank_cut(values, total, variance, slack);
-    if (cut.reached && cut.rank + kOversample <= width) {
-      const auto u = at::mm(q, vectors.narrow(1, 0, cut.rank));
-      return {u.square().sum(1), cut.rank};
+    if (cut.reached && cut.rank + kOversample <= width && 2 * wanted <= width) {
+      const int64_t nonzero = count_nonzero(values, slack);
+      const int64_t columns = std::max(cut.rank, std::min(wanted, nonzero));
+      return {at::mm(q, vectors.narrow(1, 0, columns)), cut.rank, nonzero};
     }
     if (2 * width > max_width) break;
     // The first columns are kept, so a wider sketch refines the narrower one.
     omega = at::cat({omega, at::randn({d, width}, generator, x.options())}, 1);
   }
-  return leverage_exact(x, total, variance, slack);
+  return basis_exact(x, total, variance, slack, wanted);
+}
+
+// Greedy column pivoting on U_mᵀ (the pivot order of a rank-revealing QR): `rows` holds the
+// m-dimensional row of U_m of every token; each step picks the token farthest from the span of
+// those already picked (ties to the lower index) and projects that direction out of all rows.
+template <typename scalar_t>
+void pivot_tokens(scalar_t* rows, int64_t n, int64_t m, int64_t* picked) {
+  std::vector<char> taken(n, 0);
+  std::vector<scalar_t> direction(m);
+  for (int64_t step = 0; step < m; ++step) {
+    int64_t best = 0;
+    scalar_t best_norm = -1;
+    for (int64_t j = 0; j < n; ++j) {
+      if (taken[j]) continue;
+      scalar_t norm = 0;
+      for (int64_t i = 0; i < m; ++i) norm += rows[j * m + i] * rows[j * m + i];
+      if (norm > best_norm) best = j, best_norm = norm;
+    }
+    taken[best] = 1;
+    picked[step] = best;
+    const scalar_t scale = best_norm > 0 ? 1 / std::sqrt(best_norm) : 0;
+    for (int64_t i = 0; i < m; ++i) direction[i] = rows[best * m + i] * scale;
+    for (int64_t j = 0; j < n; ++j) {
+      if (taken[j]) continue;
+      scalar_t dot = 0;
+      for (int64_t i = 0; i < m; ++i) dot += rows[j * m + i] * direction[i];
+      for (int64_t i = 0; i < m; ++i) rows[j * m + i] -= dot * direction[i];
+    }
+  }
+}
+
+// Pivoted selection of one image: min(budget, nonzero) tokens by pivoting on the leading
+// singular vectors, the rest (when X has fewer non-zero singular values than `budget`) by
+// leverage; ascending.
+at::Tensor select_pivoted(const Basis& basis, const at::Tensor& scores, int64_t budget) {
+  const int64_t n = basis.u.size(0), m = std::min(budget, basis.nonzero);
+  auto rows = basis.u.narrow(1, 0, m).contiguous();
+  std::vector<int64_t> picked(m);
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "pivot_tokens",
+                             [&] { pivot_tokens(rows.data_ptr<scalar_t>(), n, m, picked.data()); });
+  std::vector<char> taken(n, 0);
+  for (const int64_t j : picked) taken[j] = 1;
+  const auto order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const int64_t* ranked = order.data_ptr<int64_t>();
+  for (int64_t i = 0; static_cast<int64_t>(picked.size()) < budget; ++i) {
+    if (!taken[ranked[i]]) picked.push_back(ranked[i]);
+  }
+  std::sort(picked.begin(), picked.end());
+  return at::tensor(picked, order.options());
 }
 
 // ‖X‖_F², which doubles as the NaN/Inf check: any non-finite entry makes it non-finite, so
@@ -134,31 +196,40 @@ double energy(const at::Tensor& image) {
               " computation (||X||_F^2 overflows); pass float64 features");
 }
 
-// Scores [B, N] and rank [B] of a [B, N, D] batch.
-std::pair<at::Tensor, at::Tensor> leverage_batch(const at::Tensor& features, double variance,
-                                                 std::string_view method_name, bool center, int64_t seed) {
+struct Analysis {
+  at::Tensor scores;   // [B, N]
+  at::Tensor rank;     // [B]
+  at::Tensor pivoted;  // [B, pivot_budget] ascending, when a pivoted selection was asked for
+};
+
+// Leverage scores and rank of a [B, N, D] batch and, with pivot_budget > 0, the pivoted
+// selection of that many tokens.
+Analysis analyze_batch(const at::Tensor& features, double variance, std::string_view method_name, bool center,
+                       int64_t seed, int64_t pivot_budget) {
   const auto x = batched_features(features);
   check_variance(variance);
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2);
   const Method method = resolve_method(method_name, /*is_cuda=*/false, n, d);
   const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double slack = compute == at::kDouble ? kRankSlackDouble : kRankSlackFloat;
-  auto scores = at::empty({batch, n}, x.options().dtype(compute));
-  auto rank = at::empty({batch}, x.options().dtype(at::kLong));
-  auto* rank_out = rank.data_ptr<int64_t>();
+  Analysis out{at::empty({batch, n}, x.options().dtype(compute)), at::empty({batch}, x.options().dtype(at::kLong)),
+               at::empty({batch, pivot_budget}, x.options().dtype(at::kLong))};
+  auto* rank_out = out.rank.data_ptr<int64_t>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       auto image = x[i].to(compute).contiguous();
       if (center) image = image - image.mean(0, /*keepdim=*/true);
       const double total = energy(image);
-      auto [image_scores, image_rank] = method == Method::Exact
-                                            ? leverage_exact(image, total, variance, slack)
-                                            : leverage_randomized(image, total, variance, slack, seed);
-      scores[i].copy_(image_scores);
-      rank_out[i] = image_rank;
+      const Basis basis = !(total > 0.0)              ? Basis{at::zeros({n, 0}, image.options()), 0, 0}
+                          : method == Method::Exact ? basis_exact(image, total, variance, slack, pivot_budget)
+                                                    : basis_randomized(image, total, variance, slack, seed, pivot_budget);
+      const auto scores = basis.u.narrow(1, 0, basis.rank).square().sum(1);
+      out.scores[i].copy_(scores);
+      rank_out[i] = basis.rank;
+      if (pivot_budget > 0) out.pivoted[i].copy_(select_pivoted(basis, scores, pivot_budget));
     }
   });
-  return {scores, rank};
+  return out;
 }
 
 // Token order by descending leverage; the stable sort sends ties to the lower index.
@@ -168,18 +239,20 @@ at::Tensor descending_order(const at::Tensor& scores) {
 
 std::tuple<at::Tensor, at::Tensor> leverage_cpu(const at::Tensor& features, double variance,
                                                 c10::string_view method, bool center, int64_t seed) {
-  auto [scores, rank] = leverage_batch(features, variance, method, center, seed);
-  return {unbatch(scores, features), unbatch(rank, features)};
+  const auto a = analyze_batch(features, variance, method, center, seed, 0);
+  return {unbatch(a.scores, features), unbatch(a.rank, features)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_cpu(const at::Tensor& features, int64_t budget,
                                                           double variance, c10::string_view method, bool center,
-                                                          int64_t seed) {
+                                                          int64_t seed, c10::string_view strategy_name) {
   check_budget(budget, batched_features(features).size(1));
-  auto [scores, rank] = leverage_batch(features, variance, method, center, seed);
-  const auto top = descending_order(scores).narrow(-1, 0, budget);
-  const auto indices = std::get<0>(at::sort(top, -1));
-  return {unbatch(indices, features), unbatch(scores, features), unbatch(rank, features)};
+  const Strategy strategy = resolve_strategy(strategy_name);
+  const auto a = analyze_batch(features, variance, method, center, seed, strategy == Strategy::Pivoted ? budget : 0);
+  const auto indices = strategy == Strategy::Pivoted
+                           ? a.pivoted
+                           : std::get<0>(at::sort(descending_order(a.scores).narrow(-1, 0, budget), -1));
+  return {unbatch(indices, features), unbatch(a.scores, features), unbatch(a.rank, features)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_adaptive_cpu(
@@ -187,7 +260,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_adaptive_cpu(
     bool center, int64_t seed) {
   const int64_t n = batched_features(features).size(1);
   max_tokens = resolve_max_tokens(min_tokens, max_tokens, n);
-  auto [scores, rank] = leverage_batch(features, variance, method, center, seed);
+  const auto a = analyze_batch(features, variance, method, center, seed, 0);
+  const auto& scores = a.scores;
+  const auto& rank = a.rank;
   const auto order = descending_order(scores);
   const auto cumulative = at::gather(scores, -1, order).cumsum(-1);
   const auto target = (rank.to(scores.scalar_type()) * variance).unsqueeze(-1);
