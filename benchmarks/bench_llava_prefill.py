@@ -1,0 +1,280 @@
+"""End-to-end latency of a LLaVA-1.5-7B-shaped model with SVD-Prune: time to first token and
+decode speed for all 576 visual tokens against K kept, with the selection timed on its own.
+
+The weights are random (latency does not depend on them), built locally: the CLIP
+ViT-L/14-336 tower, the 1024 -> 4096 -> 4096 projector and a Vicuna-7B decoder (hidden 4096,
+MLP 11008, 32 heads, vocabulary 32064). On a GPU the full depth runs in float16; on a CPU the
+default keeps 2 decoder and 2 vision layers (every width real) and says so in the table.
+
+    python benchmarks/bench_llava_prefill.py                      # writes benchmarks/LATENCY.md + PNG
+    python benchmarks/bench_llava_prefill.py --text-layers 32 --vision-layers 24 --batch-sizes 1 8
+
+Time to first token and decode speed come from one ``generate`` call of 1 + ``--decode-tokens``
+tokens, timed by a streamer: time to first token = from the call to the first new token (vision
+tower, projector, selection, LLM prefill); decode tokens/s = the tokens after it over the time
+they took. Selection = ``svdprune_cuda.select`` alone on the batch's ``[B, 576, 4096]``
+projector output. Medians of ``--repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+import svdprune_cuda
+from svdprune import images, llava
+
+ROOT = Path(__file__).resolve().parent
+IMAGE_TOKEN_ID = 32000  # llava-hf/llava-1.5-7b-hf: <image> is the first added token
+VOCAB = 32064
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
+
+
+def build_model(text_layers: int, vision_layers: int, device: torch.device, dtype: torch.dtype):
+    """A LLaVA-1.5-7B-shaped ``LlavaForConditionalGeneration`` with random weights."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers, num_attention_heads=16,
+        image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=4096, intermediate_size=11008, num_hidden_layers=text_layers,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID, vision_feature_layer=-2,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise in place: a 7B model initialises in seconds on a GPU
+        model = LlavaForConditionalGeneration(config)
+    model = model.to(dtype).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # never stop early: every run decodes the same length
+    return model
+
+
+def make_inputs(batch: int, text_tokens: int, device, dtype) -> dict:
+    """``batch`` photos and prompts of ``text_tokens`` random text tokens around the 576 placeholders."""
+    names = images.photo_names()
+    pictures = images.load_photos([names[i % len(names)] for i in range(batch)])
+    pixels = torch.stack([
+        (torch.from_numpy(np.array(pictures[names[i % len(names)]])).permute(2, 0, 1).float() / 255 - CLIP_MEAN)
+        / CLIP_STD for i in range(batch)
+    ])
+    generator = torch.Generator().manual_seed(0)
+    before = text_tokens // 2
+    text = torch.randint(3, 32000, (batch, text_tokens), generator=generator)
+    image = torch.full((batch, 576), IMAGE_TOKEN_ID)
+    bos = torch.ones(batch, 1, dtype=torch.long)
+    input_ids = torch.cat([bos, text[:, :before], image, text[:, before:]], dim=1)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values": pixels.to(device, dtype),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class TokenClock(BaseStreamer):
+    """A ``generate`` streamer that notes when each step's tokens arrive (``generate`` moves them
+    to the CPU first, which waits for the GPU)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def generation_timings(model, inputs, decode_tokens: int, device, repeats: int) -> tuple[float, float]:
+    """Median (time to first token, decode tokens/s) of ``generate`` runs of 1 + ``decode_tokens`` tokens.
+
+    In one run: the first token arrives ``ttft`` after the call, the others at the decode rate.
+    """
+    batch = inputs["input_ids"].shape[0]
+    ttfts, rates = [], []
+    for run in range(repeats + 1):  # the first run warms up
+        clock = TokenClock()
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=1 + decode_tokens, min_new_tokens=1 + decode_tokens,
+                       do_sample=False, streamer=clock)
+        # times[0]: the prompt handed to the streamer before the prefill; then one per new token.
+        first, last = clock.times[1], clock.times[-1]
+        if run:
+            ttfts.append(first - start)
+            rates.append(batch * (len(clock.times) - 2) / (last - first))
+    return statistics.median(ttfts), statistics.median(rates)
+
+
+@torch.inference_mode()
+def run(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    text_layers = args.text_layers or (32 if device.type == "cuda" else 2)
+    vision_layers = args.vision_layers or (24 if device.type == "cuda" else 2)
+    model = build_model(text_layers, vision_layers, device, dtype)
+    rows = []
+    for batch in args.batch_sizes:
+        inputs = make_inputs(batch, args.text_tokens, device, dtype)
+        features = llava.selection_features(model, inputs["pixel_values"])  # [B, 576, 4096]
+        vision = median_seconds(lambda: llava.selection_features(model, inputs["pixel_values"]), device, args.repeats)
+        for budget in [576, *args.budgets]:
+            row = {"batch": batch, "budget": budget, "vision": vision}
+            for method in args.methods:
+                row[f"select {method}"] = None if budget == 576 else median_seconds(
+                    lambda: svdprune_cuda.select(features, budget, args.variance, method), device, args.repeats)
+            handle = None if budget == 576 else llava.prune(model, budget=budget, variance=args.variance,
+                                                             method=args.ttft_method)
+            try:
+                row["ttft"], row["decode tokens/s"] = generation_timings(
+                    model, inputs, args.decode_tokens, device, args.repeats)
+            finally:
+                if handle is not None:
+                    handle.remove()
+            rows.append(row)
+            print(f"batch {batch} K={budget}: TTFT {row['ttft'] * 1e3:.1f} ms, "
+                  f"decode {row['decode tokens/s']:.1f} tokens/s", flush=True)
+    label = (f"LLaVA-1.5-7B-shaped, random weights, {text_layers}/32 decoder layers, {vision_layers}/24 vision "
+             f"layers, {str(dtype).removeprefix('torch.')}")
+    return {"rows": rows, "label": label, "device": device}
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    threads = torch.get_num_threads()
+    return (f"{cpu}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''}, no GPU, "
+            f"torch {torch.__version__}; "
+            f"load average {load} at the end of the run")
+
+
+def markdown(result: dict, args, plot_name: str) -> str:
+    methods = args.methods
+    lines = [
+        "# End-to-end latency of LLaVA-1.5 with SVD-Prune",
+        "",
+        f"Generated by `python benchmarks/bench_llava_prefill.py`. Machine: {machine_description(result['device'])}.",
+        f"Model: {result['label']}. Prompt: {args.text_tokens} text tokens + 576 image placeholders; "
+        f"τ = {args.variance}; TTFT with `method={args.ttft_method}`; decode speed over {args.decode_tokens} tokens; "
+        f"medians of {args.repeats} runs.",
+        "",
+        "| batch | K | vision tower + projector | " + " | ".join(f"selection ({m})" for m in methods)
+        + " | time to first token | speed-up | decode tokens/s |",
+        "|---:|---:|---:|" + "---:|" * len(methods) + "---:|---:|---:|",
+    ]
+    full = {row["batch"]: row["ttft"] for row in result["rows"] if row["budget"] == 576}
+    for row in result["rows"]:
+        selections = ["-" if row[f"select {m}"] is None else f"{row[f'select {m}'] * 1e3:.2f} ms" for m in methods]
+        lines.append(
+            f"| {row['batch']} | {row['budget']} | {row['vision'] * 1e3:.1f} ms | " + " | ".join(selections)
+            + f" | {row['ttft'] * 1e3:.1f} ms | {full[row['batch']] / row['ttft']:.2f}x | {row['decode tokens/s']:.1f} |"
+        )
+    lines += ["", f"![time to first token]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for batch in sorted({row["batch"] for row in result["rows"]}):
+        rows = [row for row in result["rows"] if row["batch"] == batch]
+        budgets = [row["budget"] for row in rows]
+        axes[0].plot(budgets, [row["ttft"] * 1e3 for row in rows], marker="o", label=f"batch {batch}")
+        axes[1].plot(budgets, [row["decode tokens/s"] for row in rows], marker="o", label=f"batch {batch}")
+    for axis, ylabel in zip(axes, ["time to first token (ms)", "decode tokens/s"]):
+        axis.set_xscale("log", base=2)
+        ticks = sorted({row["budget"] for row in result["rows"]})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
+        axis.set_xlabel("visual tokens kept K")
+        axis.set_ylabel(ylabel)
+        axis.set_ylim(bottom=0)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    fig.suptitle(result["label"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument("--text-layers", type=int, help="decoder layers (default: 32 on GPU, 2 on CPU)")
+    parser.add_argument("--vision-layers", type=int, help="vision layers (default: 24 on GPU, 2 on CPU)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", help="default: 1 8 on GPU, 1 on CPU")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64, 32, 16])
+    parser.add_argument("--methods", nargs="+", default=["exact", "randomized"], help="selection methods timed")
+    parser.add_argument("--ttft-method", default="exact", help="selection method inside the TTFT runs")
+    parser.add_argument("--variance", type=float, default=0.9)
+    parser.add_argument("--text-tokens", type=int, default=64)
+    parser.add_argument("--decode-tokens", type=int, help="default: 32 on GPU, 8 on CPU")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, help="default: 10 on GPU, 2 on CPU")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "LATENCY.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "latency_results", help="folder of the PNG")
+    return parser
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    args.batch_sizes = args.batch_sizes or ([1, 8] if gpu else [1])
+    args.decode_tokens = args.decode_tokens or (32 if gpu else 8)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.repeats = args.repeats or (10 if gpu else 2)
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_path = args.out / f"ttft_{result['device'].type}.png"
+    plot(result, plot_path)
+    args.markdown.write_text(markdown(result, args, os.path.relpath(plot_path, args.markdown.parent)))
+    print(f"wrote {args.markdown} and {plot_path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""Analytic FLOPs of LLaVA-1.5 inference as a function of the visual tokens kept.
+
+Counting convention: one multiply-add is 2 FLOPs. Only matrix products are counted
+(linear layers, the attention score and value products, the selection's GEMMs and
+factorisations); norms, softmax, activations, rotary embeddings and the embedding lookup are
+lower order and left out.
+
+Per decoder layer, for ``n`` new tokens attending to ``c`` context tokens (``c = n`` in prefill):
+
+- Q, K, V, O projections: ``4 * 2 n h^2`` (Vicuna has as many key/value heads as query heads);
+- attention scores ``Q K^T`` and weighted values ``A V``: ``2 * 2 n c h``, the full ``n x c``
+  rectangle as dense kernels compute it (``causal=True`` counts only the lower triangle);
+- MLP: ``mlp_matrices * 2 n h m`` with 3 matrices for Llama's SwiGLU (gate, up, down). The
+  formula popularised by FastV, ``4 n h^2 + 2 n^2 h + 2 n h m`` multiply-adds, is this count with
+  2 MLP matrices (``--mlp-matrices 2``).
+
+The vision tower (CLIP ViT-L/14-336: 577 tokens, 24 layers run even though LLaVA reads the
+penultimate one) and the 2-layer projector cost the same whatever K is when the selection
+reads the projector output (``source="projector"``); with ``source="vision"`` the selection
+reads the tower's features and the projector runs on the K kept tokens only.
+
+Selection cost for one ``N x D`` image (``N`` tokens of ``D`` features):
+
+- exact: Gram matrix ``X X^T`` (``2 N^2 D``) and a symmetric eigensolver with eigenvectors,
+  ``~9 N^3`` (Golub & Van Loan, symmetric QR algorithm); ``N <-> D`` when ``D < N``;
+- randomized, sketch width ``l``, ``q`` power iterations: ``2 N D l (2q + 2)`` for the
+  products with ``X`` and ``X^T``, ``2q + 1`` Householder QRs with explicit Q
+  (``4 m l^2 - 4 l^3 / 3`` each), the small Gram ``2 l^2 D``, its eigensolver ``9 l^3`` and
+  ``U = Q V`` (``2 N l^2``).
+
+Run ``python -m svdprune.flops --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+__all__ = [
+    "DecoderConfig",
+    "VisionTowerConfig",
+    "ProjectorConfig",
+    "LlavaConfig",
+    "LLAVA_15",
+    "BUDGETS",
+    "decoder_prefill_flops",
+    "decoder_decode_flops",
+    "vision_tower_flops",
+    "projector_flops",
+    "selection_flops",
+    "llava_flops",
+    "reduction",
+    "match_reduction",
+    "text_tokens_for",
+    "report",
+    "main",
+]
+
+BUDGETS = (576, 192, 128, 64, 32, 16)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """A Llama-style decoder: ``layers`` blocks of attention + gated MLP, then the LM head."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+    mlp_matrices: int = 3  # SwiGLU: gate, up, down
+
+
+@dataclass(frozen=True)
+class VisionTowerConfig:
+    """A ViT encoder: patch embedding, ``layers`` blocks of attention + 2-matrix GELU MLP."""
+
+    layers: int = 24
+    hidden: int = 1024
+    intermediate: int = 4096
+    heads: int = 16
+    image_size: int = 336
+    patch_size: int = 14
+    channels: int = 3
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens(self) -> int:
+        return self.patches + 1  # + CLS
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """LLaVA-1.5's ``mlp2x_gelu`` projector: Linear(vision, text) -> GELU -> Linear(text, text)."""
+
+    vision_hidden: int = 1024
+    text_hidden: int = 4096
+
+
+@dataclass(frozen=True)
+class LlavaConfig:
+    name: str
+    decoder: DecoderConfig
+    vision: VisionTowerConfig
+    projector: ProjectorConfig
+
+
+# From the public llava-hf/llava-1.5-{7b,13b}-hf configs (Vicuna-1.5 text models, CLIP ViT-L/14-336).
+LLAVA_15 = {
+    "7b": LlavaConfig(
+        "LLaVA-1.5-7B",
+        DecoderConfig(layers=32, hidden=4096, intermediate=11008, heads=32, vocab=32000),
+        VisionTowerConfig(),
+        ProjectorConfig(1024, 4096),
+    ),
+    "13b": LlavaConfig(
+        "LLaVA-1.5-13B",
+        DecoderConfig(layers=40, hidden=5120, intermediate=13824, heads=40, vocab=32000),
+        VisionTowerConfig(),
+        ProjectorConfig(1024, 5120),
+    ),
+}
+
+
+def _attention_pairs(new_tokens: int, context: int, causal: bool) -> float:
+    """How many (query, key) pairs the score and value products cover."""
+    if not causal:
+        return new_tokens * context
+    # The new tokens are the last of the context; query i sees context - new_tokens + i + 1 keys.
+    past = context - new_tokens
+    return new_tokens * past + new_tokens * (new_tokens + 1) / 2
+
+
+def _layer_flops(hidden: int, intermediate: int, mlp_matrices: int, new_tokens: int, context: int, causal: bool):
+    n, h = new_tokens, hidden
+    return {
+        "attention_projections": 4 * 2 * n * h * h,
+        "attention_scores": 2 * 2 * _attention_pairs(n, context, causal) * h,
+        "mlp": mlp_matrices * 2 * n * h * intermediate,
+    }
+
+
+def decoder_prefill_flops(config: DecoderConfig, tokens: int, *, causal: bool = False, lm_head_tokens: int = 1) -> dict:
+    """FLOPs of one prefill over ``tokens`` tokens, by part.
+
+    ``lm_head_tokens``: positions whose logits are computed (1 in generation, which only needs
+    the last position; ``tokens`` for a plain forward).
+    """
+    layer = _layer_flops(config.hidden, config.intermediate, config.mlp_matrices, tokens, tokens, causal)
+    parts = {name: config.layers * value for name, value in layer.items()}
+    parts["lm_head"] = 2 * lm_head_tokens * config.hidden * config.vocab
+    return parts
+
+
+def decoder_decode_flops(config: DecoderConfig, prompt_tokens: int, steps: int) -> dict:
+    """FLOPs of ``steps`` decode steps after a prompt of ``prompt_tokens`` (KV cache kept).
+
+    Step ``t`` (from 0) feeds one token that attends to ``prompt_tokens + t + 1`` positions.
+    """
+    parts = {"attention_projections": 0.0, "attention_scores": 0.0, "mlp": 0.0, "lm_head": 0.0}
+    for t in range(steps):
+        layer = _layer_flops(config.hidden, config.intermediate, config.mlp_matrices, 1, prompt_tokens + t + 1, False)
+        for name, value in layer.items():
+            parts[name] += config.layers * value
+        parts["lm_head"] += 2 * config.hidden * config.vocab
+    return parts
+
+
+def vision_tower_flops(config: VisionTowerConfig) -> float:
+    patch_embedding = 2 * config.patches * (config.channels * config.patch_size**2) * config.hidden
+    layer = _layer_flops(config.hidden, config.intermediate, 2, config.tokens, config.tokens, False)
+    return patch_embedding + config.layers * sum(layer.values())
+
+
+def projector_flops(config: ProjectorConfig, tokens: int) -> float:
+    return 2 * tokens * (config.vision_hidden * config.text_hidden + config.text_hidden * config.text_hidden)
+
+
+def _qr_flops(rows: int, cols: int) -> float:
+    # Householder QR (2 m n^2 - 2 n^3 / 3) plus forming the explicit Q (the same again).
+    return 4 * rows * cols**2 - 4 * cols**3 / 3
+
+
+def selection_flops(tokens: int, features: int, method: str = "exact", sketch: int = 32, power_iterations: int = 3) -> float:
+    """FLOPs of the SVD-Prune selection on one ``tokens x features`` image (see module doc)."""
+    n, d = tokens, features
+    if method == "exact":
+        small, large = min(n, d), max(n, d)
+        return 2 * small * small * large + 9 * small**3
+    if method == "randomized":
+        width, q = min(sketch, n, d), power_iterations
+        return (
+            2 * n * d * width * (2 * q + 2)
+            + (q + 1) * _qr_flops(n, width)
+            + q * _qr_flops(d, width)
+            + 2 * width * width * d
+            + 9 * width**3
+            + 2 * n * width * width
+        )
+    raise ValueError(f"method must be 'exact' or 'randomized', got {method!r}")
+
+
+def llava_flops(
+    config: LlavaConfig,
+    visual_tokens: int,
+    text_tokens: int = 64,
+    decode_tokens: int = 0,
+    *,
+    include_vision: bool = True,
+    selection: str | None = "exact",
+    source: str = "projector",
+    causal: bool = False,
+    lm_head_tokens: int = 1,
+    sketch: int = 32,
+    power_iterations: int = 3,
+) -> dict:
+    """FLOPs of answering one image + ``text_tokens`` prompt with ``visual_tokens`` kept, by stage.
+
+    Returns a dict with ``vision`` (tower + projector), ``selection``, ``prefill``, ``decode``
+    and ``total``. No selection is counted when all the tower's patches are kept or
+    ``selection`` is None.
+    """
+    if source not in ("projector", "vision"):
+        raise ValueError(f"source must be 'projector' or 'vision', got {source!r}")
+    patches = config.vision.patches
+    if not 0 < visual_tokens <= patches:
+        raise ValueError(f"visual_tokens must be in [1, {patches}], got {visual_tokens}")
+    if text_tokens < 0 or decode_tokens < 0:
+        raise ValueError("text_tokens and decode_tokens must be >= 0")
+    prompt = visual_tokens + text_tokens
+    projected = patches if source == "projector" else visual_tokens
+    vision = vision_tower_flops(config.vision) + projector_flops(config.projector, projected) if include_vision else 0.0
+    pruned = selection is not None and visual_tokens < patches
+    features = config.projector.text_hidden if source == "projector" else config.vision.hidden
+    select = selection_flops(patches, features, selection, sketch, power_iterations) if pruned else 0.0
+    prefill = sum(decoder_prefill_flops(config.decoder, prompt, causal=causal, lm_head_tokens=lm_head_tokens).values())
+    decode = sum(decoder_decode_flops(config.decoder, prompt, decode_tokens).values())
+    total = vision + select + prefill + decode
+    return {"vision": vision, "selection": select, "prefill": prefill, "decode": decode, "total": total}
+
+
+def reduction(config: LlavaConfig, visual_tokens: int, **kwargs) -> float:
+    """1 - FLOPs(kept) / FLOPs(all patches), same settings otherwise."""
+    kept = llava_flops(config, visual_tokens, **kwargs)["total"]
+    full = llava_flops(config, config.vision.patches, **kwargs)["total"]
+    return 1.0 - kept / full
+
+
+# Counting conventions tried when matching a published reduction: what is counted.
+SCOPES = {
+    "llm-prefill": dict(include_vision=False, selection=None),
+    "llm-prefill+selection": dict(include_vision=False, selection="exact"),
+    "vision+llm-prefill": dict(include_vision=True, selection=None),
+    "vision+selection+llm-prefill": dict(include_vision=True, selection="exact"),
+}
+
+
+def match_reduction(config: LlavaConfig, target: float, budgets=(192, 128, 64, 32, 16), max_text: int = 256):
+    """For each counting convention and budget, the text length whose reduction is closest to ``target``.
+
+    Returns rows ``(scope, mlp_matrices, causal, budget, text_tokens, reduction)`` sorted by
+    distance to the target.
+    """
+    rows = []
+    for scope, settings in SCOPES.items():
+        for mlp_matrices in (3, 2):
+            for causal in (False, True):
+                variant = replace(config, decoder=replace(config.decoder, mlp_matrices=mlp_matrices))
+                for budget in budgets:
+                    best = min(
+                        (
+                            (abs(reduction(variant, budget, text_tokens=t, causal=causal, **settings) - target), t)
+                            for t in range(max_text + 1)
+                        )
+                    )
+                    t = best[1]
+                    value = reduction(variant, budget, text_tokens=t, causal=causal, **settings)
+                    rows.append((scope, mlp_matrices, causal, budget, t, value))
+    return sorted(rows, key=lambda row: abs(row[-1] - target))
+
+
+def text_tokens_for(config: LlavaConfig, budget: int, target: float, max_text: int = 256, **settings):
+    """The text length (0..max_text) whose reduction at ``budget`` is closest to ``target``, and
+    that reduction."""
+    reductions = [(abs(reduction(config, budget, text_tokens=t, **settings) - target), t) for t in range(max_text + 1)]
+    text = min(reductions)[1]
+    return text, reduction(config, budget, text_tokens=text, **settings)
+
+
+def _tflops(value: float) -> str:
+    return f"{value / 1e12:.3f}"
+
+
+def budget_table(config: LlavaConfig, budgets, text_tokens: int, decode_tokens: int, **kwargs) -> str:
+    """Markdown table of FLOPs per stage and reduction for each budget."""
+    full = llava_flops(config, config.vision.patches, text_tokens, decode_tokens, **kwargs)
+    full_prefill = full["prefill"]
+    lines = [
+        f"{config.name}, {text_tokens} text tokens, {decode_tokens} decoded tokens (TFLOPs)",
+        "",
+        "| K | vision+projector | selection (exact / randomized) | LLM prefill | decode | total | LLM prefill reduction | total reduction |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for budget in budgets:
+        exact = llava_flops(config, budget, text_tokens, decode_tokens, selection="exact", **kwargs)
+        randomized = llava_flops(config, budget, text_tokens, decode_tokens, selection="randomized", **kwargs)
+        lines.append(
+            f"| {budget} | {_tflops(exact['vision'])} | {_tflops(exact['selection'])} / {_tflops(randomized['selection'])} "
+            f"| {_tflops(exact['prefill'])} | {_tflops(exact['decode'])} | {_tflops(exact['total'])} "
+            f"| {100 * (1 - exact['prefill'] / full_prefill):.1f}% | {100 * (1 - exact['total'] / full['total']):.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def claim_table(config: LlavaConfig, target: float, budgets=(64, 32, 16)) -> str:
+    """Markdown: for each counting convention, the text length at which K tokens give ``target``."""
+    lines = [
+        "| counted | MLP count | " + " | ".join(f"K={k}: text tokens (reduction)" for k in budgets) + " |",
+        "|---|---|" + "---:|" * len(budgets),
+    ]
+    for scope, settings in SCOPES.items():
+        for mlp_matrices, label in ((3, "SwiGLU (3 matrices)"), (2, "FastV formula (2)")):
+            variant = replace(config, decoder=replace(config.decoder, mlp_matrices=mlp_matrices))
+            cells = []
+            for budget in budgets:
+                text, value = text_tokens_for(variant, budget, target, **settings)
+                cells.append(f"{text} ({100 * value:.2f}%)")
+            lines.append(f"| {scope} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _claim_reading(config: LlavaConfig, target: float, text_tokens: int) -> str:
+    llm, everything = SCOPES["llm-prefill"], SCOPES["vision+selection+llm-prefill"]
+    t32, v32 = text_tokens_for(config, 32, target, **llm)
+    t16, v16 = text_tokens_for(config, 16, target, **everything)
+    t64, v64 = text_tokens_for(config, 64, target, **llm)
+    at64 = [100 * reduction(config, 64, text_tokens=text_tokens, **scope) for scope in (llm, everything)]
+    at16 = [100 * reduction(config, 16, text_tokens=text_tokens, **scope) for scope in (llm, everything)]
+    return (
+        f"Reading: {100 * target:.1f}% is one equation in two unknowns (what is counted, how long the text is), so "
+        f"no single setting is implied. It is matched to within 0.05 points by the LLM prefill at K=32 with {t32} text "
+        f"tokens ({100 * v32:.2f}%), or by the whole pipeline (vision tower + selection + LLM prefill) at K=16 with "
+        f"{t16} text tokens ({100 * v16:.2f}%); at K=64 it takes the LLM prefill alone and a prompt of only "
+        f"{t64} text tokens ({100 * v64:.2f}%). With a {text_tokens}-token prompt, K=64 saves {at64[0]:.1f}% of "
+        f"the prefill and {at64[1]:.1f}% of the whole pipeline, K=16 {at16[0]:.1f}% and {at16[1]:.1f}%."
+    )
+
+
+def report(budgets=BUDGETS, text_tokens: int = 64, decode_tokens: int = 32, target: float = 0.848) -> str:
+    """The FLOPs report (markdown): per-budget tables for 7B and 13B and the search for ``target``."""
+    seven = LLAVA_15["7b"]
+    sections = [
+        "# FLOPs of LLaVA-1.5 with K visual tokens kept",
+        "",
+        "Generated by `python -m svdprune.flops --markdown benchmarks/FLOPS.md` (analytic count, no hardware).",
+        "",
+        "Convention: 1 multiply-add = 2 FLOPs; matrix products only. Per decoder layer and n tokens: Q/K/V/O "
+        "projections 8nh², attention scores and values 4n²h (the full square), SwiGLU MLP 6nhm; prefill "
+        "computes logits for the last position only. Vision = CLIP ViT-L/14-336 (577 tokens, all 24 layers run) + "
+        "the 2-layer projector on all 576 patches (selection on the projector output). Selection on the 576 x 4096 "
+        "projector output: exact = Gram 2N²D + eigensolver 9N³; randomized = 2NDl(2q+2) + QRs + small eigensolver "
+        "with a sketch of l = 32 columns and q = 3 power iterations (the CPU kernel starts at 16 columns and "
+        "doubles until the rank + 8 fit; 32 is typical at τ = 0.9). Decode: each new token attends to the prompt and the "
+        "tokens before it (KV cache).",
+        "",
+        f"## Per budget, prompt of {text_tokens} text tokens (then also {decode_tokens} decoded tokens)",
+        "",
+        budget_table(seven, budgets, text_tokens, 0),
+        "",
+        budget_table(seven, budgets, text_tokens, decode_tokens),
+        "",
+        budget_table(LLAVA_15["13b"], budgets, text_tokens, 0),
+        "",
+        f"## Which setting gives the paper's {100 * target:.1f}%?",
+        "",
+        f"The reduction depends on what is counted and on the text length, which the paper does not state. "
+        f"For LLaVA-1.5-7B, the number of text tokens (besides the image) at which each budget reaches "
+        f"{100 * target:.1f}% (against 576 visual tokens, same text, no decoding; `causal` counting of the "
+        "attention square moves these by at most 2 tokens):",
+        "",
+        claim_table(seven, target),
+        "",
+        "Counted: `llm-prefill` = the language model's prefill only; `+selection` adds the exact SVD selection; "
+        "`vision+` adds the CLIP tower and projector (the same for every K).",
+        "",
+        _claim_reading(seven, target, text_tokens),
+        "",
+    ]
+    return "\n".join(sections)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m svdprune.flops",
+        description="Analytic FLOPs of LLaVA-1.5 inference versus the number of visual tokens kept.",
+    )
+    parser.add_argument("--model", choices=sorted(LLAVA_15), nargs="+", default=["7b", "13b"])
+    parser.add_argument("--budgets", type=int, nargs="+", default=list(BUDGETS), help="visual tokens kept (K)")
+    parser.add_argument("--text-tokens", type=int, default=64, help="prompt tokens besides the image (default 64)")
+    parser.add_argument("--decode-tokens", type=int, default=0, help="generated tokens after the prefill (default 0)")
+    parser.add_argument("--source", choices=["projector", "vision"], default="projector",
+                        help="features the selection reads (projector output, 4096-d; or vision tower, 1024-d)")
+    parser.add_argument("--causal", action="store_true", help="count only the causal half of the attention products")
+    parser.add_argument("--mlp-matrices", type=int, default=3, help="3 for SwiGLU (default), 2 for the FastV formula")
+    parser.add_argument("--match", type=float, metavar="FRACTION",
+                        help="search the counting conventions and text lengths whose reduction is closest to FRACTION "
+                             "(e.g. 0.848)")
+    parser.add_argument("--top", type=int, default=12, help="rows to print with --match")
+    parser.add_argument("--markdown", type=Path, metavar="PATH",
+                        help="write the full report (7B and 13B tables, search for 84.8%%) to PATH")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    if args.markdown:
+        args.markdown.write_text(report(args.budgets, args.text_tokens) + "\n")
+        print(f"wrote {args.markdown}")
+        return
+    for key in args.model:
+        config = LLAVA_15[key]
+        config = replace(config, decoder=replace(config.decoder, mlp_matrices=args.mlp_matrices))
+        if args.match is not None:
+            print(f"{config.name}: settings closest to a {100 * args.match:.1f}% reduction (K vs 576 visual tokens)")
+            print("| counted | MLP matrices | causal | K | text tokens | reduction |")
+            print("|---|---:|---|---:|---:|---:|")
+            for scope, mlp, causal, budget, text, value in match_reduction(config, args.match)[: args.top]:
+                print(f"| {scope} | {mlp} | {causal} | {budget} | {text} | {100 * value:.2f}% |")
+            print()
+            continue
+        print(budget_table(config, args.budgets, args.text_tokens, args.decode_tokens, source=args.source, causal=args.causal))
+        print()
+
+
+if __name__ == "__main__":
+    main()
