@@ -1,0 +1,58 @@
+"""`python -m svdprune demo`: runs offline and writes the PNG of kept patches."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("skimage")
+pytest.importorskip("matplotlib")
+
+from svdprune.__main__ import main  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_png(path):
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return imread(path)
+
+
+def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
+    out = tmp_path / "kept.png"
+    assert main(["demo", "--out", str(out), "--budgets", "16", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed
+    assert "576 visual tokens" in printed
+    table = [line.split() for line in printed.splitlines() if line.startswith(("exact ", "randomized "))]
+    assert [(row[0], int(row[1])) for row in table] == [("exact", 16), ("randomized", 16)]
+    image = read_png(out)
+    assert image.shape[0] > 300 and image.shape[1] > 600
+
+
+def test_demo_answers_with_a_local_checkpoint(tmp_path, capsys):
+    from svdprune import _tiny
+
+    processor = _tiny.build_processor()
+    _tiny.build_model(processor).save_pretrained(tmp_path / "checkpoint")
+    processor.save_pretrained(tmp_path / "checkpoint")
+    out = tmp_path / "answer.png"
+    args = ["demo", "--model", str(tmp_path / "checkpoint"), "--prompt", "What is it?", "--budgets", "16"]
+    assert main([*args, "--max-new-tokens", "4", "--device", "cpu", "--out", str(out), "--image", "coffee"]) == 0
+    printed = capsys.readouterr().out
+    assert "all 576 visual tokens" in printed and "16 tokens, auto" in printed
+    assert read_png(out).ndim == 3
+
+
+def test_demo_reports_a_missing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        main(["demo", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "x.png")])
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "svdprune", "demo", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--model" in result.stdout and "--out" in result.stdout
