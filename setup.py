@@ -101,7 +101,7 @@ setup(
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "llava": ["transformers>=4.57", "tokenizers", "safetensors", "pillow"],
-        "demo": ["scikit-image", "matplotlib", "pillow"],
+        "demo": ["scikit-image", "matplotlib", "pillow", "transformers>=4.57", "tokenizers"],
         "test": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "scikit-learn", "matplotlib"],
     },
     entry_points={"console_scripts": ["svdprune = svdprune.__main__:main"]},

@@ -110,8 +110,8 @@ def test_full_budget_vision_source_matches(models, processors, images):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("source", ["projector", "vision"])
-@pytest.mark.parametrize("method", ["exact", "randomized"])
-def test_language_model_receives_selected_features(models, processors, images, dtype, source, method):
+@pytest.mark.parametrize("method,strategy", [("exact", "leverage"), ("randomized", "leverage"), ("exact", "pivoted")])
+def test_language_model_receives_selected_features(models, processors, images, dtype, source, method, strategy):
     model, processor = models[dtype], processors["left"]
     budget = 32
     inputs = encode(processor, images[:1], PROMPTS[:1])
@@ -120,13 +120,13 @@ def test_language_model_receives_selected_features(models, processors, images, d
 
     projected = hf_projected_features(model, inputs.pixel_values)
     scored = projected if source == "projector" else vision_features(model, inputs.pixel_values)
-    indices = svdprune_cuda.select(scored, budget, 0.9, method=method)[0][0]
+    indices = svdprune_cuda.select(scored, budget, 0.9, method=method, strategy=strategy)[0][0]
     if source == "projector":
         expected = projected[0, indices]
     else:
         expected = model.model.multi_modal_projector(scored[0, indices])
 
-    with llava.prune(model, processor, budget=budget, method=method, source=source) as handle:
+    with llava.prune(model, processor, budget=budget, method=method, source=source, strategy=strategy) as handle:
         with LanguageModelInputs(model) as seen:
             model(**inputs)
     embeds = seen.embeds[0][0]
@@ -297,6 +297,8 @@ def test_remove_restores_the_model(models, processors, images):
         (dict(method="svd"), ValueError, "method"),
         (dict(variance=0.0), ValueError, "variance"),
         (dict(variance=1.5), ValueError, "variance"),
+        (dict(strategy="qr"), ValueError, "strategy"),
+        (dict(budget=None, strategy="pivoted"), ValueError, "needs an int budget"),
     ],
 )
 def test_bad_arguments(models, kwargs, error, match):

@@ -97,22 +97,25 @@ Basis basis_exact(const at::Tensor& x, double total, double variance, double sla
   return {at::mm(x, vectors.narrow(1, 0, columns)) * inverse_sigma, rank, nonzero};
 }
 
-// Orthonormal basis of the range of X·omega, refined by power iterations (re-orthonormalised
-// with Householder QR at every step for stability).
-at::Tensor range_finder(const at::Tensor& x, const at::Tensor& omega) {
+// X·Z for an orthonormal Z (D×w) spanning, after power iterations, nearly the leading right
+// singular subspace: X Z Zᵀ is the projection of X the Rayleigh–Ritz step decomposes.
+// Householder QR re-orthonormalises every step for stability.
+at::Tensor sketch_power_iterations(const at::Tensor& x, const at::Tensor& omega) {
   auto q = std::get<0>(at::linalg_qr(at::mm(x, omega)));
+  at::Tensor y;
   for (int64_t i = 0; i < kPowerIterations; ++i) {
-    const auto z = std::get<0>(at::linalg_qr(at::mm(x.t(), q)));
-    q = std::get<0>(at::linalg_qr(at::mm(x, z)));
+    y = at::mm(x, std::get<0>(at::linalg_qr(at::mm(x.t(), q))));
+    if (i + 1 < kPowerIterations) q = std::get<0>(at::linalg_qr(y));
   }
-  return q;
+  return y;
 }
 
-// Randomized basis: Gaussian sketch (deterministic for `seed`), power iterations,
-// Rayleigh–Ritz on the small Gram matrix of Qᵀ X. The sketch doubles until its Ritz values
-// capture `variance` of ‖X‖_F² with kOversample columns to spare and it is twice as wide as the
-// wanted basis (pivoting leans on the trailing wanted vectors, which a tighter sketch blurs); a
-// basis too large for a sketch of min(N, D)/4 columns is computed exactly.
+// Randomized basis: Gaussian sketch (deterministic for `seed`), power iterations, then
+// Rayleigh–Ritz: with Y = X Z, the eigenpairs (λ, W) of YᵀY give singular values √λ and left
+// singular vectors Y W / √λ of X Z Zᵀ. The sketch doubles until its Ritz values capture
+// `variance` of ‖X‖_F² with kOversample columns to spare and it is twice as wide as the wanted
+// basis (pivoting leans on the trailing wanted vectors, which a tighter sketch blurs); a basis
+// too large for a sketch of min(N, D)/4 columns is computed exactly.
 Basis basis_randomized(const at::Tensor& x, double total, double variance, double slack, int64_t seed,
                        int64_t wanted) {
   const int64_t d = x.size(1), max_width = std::min(x.size(0), d) / 4;
@@ -120,14 +123,16 @@ Basis basis_randomized(const at::Tensor& x, double total, double variance, doubl
   auto omega = at::randn({d, std::min(kInitialSketch, max_width)}, generator, x.options());
   while (omega.size(1) >= 1) {
     const int64_t width = omega.size(1);
-    const auto q = range_finder(x, omega);
-    const auto b = at::mm(q.t(), x);
-    auto [values, vectors] = eigh_descending(at::mm(b, b.t()));
+    const auto y = sketch_power_iterations(x, omega);
+    auto [values, vectors] = eigh_descending(at::mm(y.t(), y));
     const Cut cut = rank_cut(values, total, variance, slack);
     if (cut.reached && cut.rank + kOversample <= width && 2 * wanted <= width) {
       const int64_t nonzero = count_nonzero(values, slack);
       const int64_t columns = std::max(cut.rank, std::min(wanted, nonzero));
-      return {at::mm(q, vectors.narrow(1, 0, columns)), cut.rank, nonzero};
+      const auto top_values = values.narrow(0, 0, columns);
+      const auto inverse_sigma =
+          at::where(top_values > values[0] * slack, top_values.rsqrt(), at::zeros_like(top_values));
+      return {at::mm(y, vectors.narrow(1, 0, columns)) * inverse_sigma, cut.rank, nonzero};
     }
     if (2 * width > max_width) break;
     // The first columns are kept, so a wider sketch refines the narrower one.

@@ -2,9 +2,9 @@
 
 Default: a LLaVA-1.5-shaped model with random weights (real 336 px / 14 px vision geometry, so 576
 visual tokens; small widths so it runs in seconds on a CPU) looks at a photograph shipped with
-scikit-image. The demo selects 64/32/16 tokens with the exact and the randomized method, prints
-selection and prefill times and how often the two methods agree, and draws the kept patches over
-the photo. With ``--model PATH --prompt "..."`` it loads a local llava-hf checkpoint instead and
+scikit-image. The demo selects 64/32/16 tokens with the exact and the randomized method and with
+the pivoted strategy, prints selection and prefill times and how often each agrees with the exact
+top-K leverage choice, and draws the kept patches over the photo. With ``--model PATH --prompt "..."`` it loads a local llava-hf checkpoint instead and
 answers the question with and without pruning, side by side.
 """
 
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local llava-hf/llava-1.5-*-hf checkpoint (directory or cached name)")
     parser.add_argument("--prompt", default=DEFAULT_QUESTION, help="question for --model")
     parser.add_argument("--method", choices=("exact", "randomized", "auto"), default="auto", help="method for --model")
+    parser.add_argument("--strategy", choices=("leverage", "pivoted"), default="leverage", help="strategy for --model")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="answer length for --model")
     parser.add_argument("--device", help="device for --model (default: cuda when available)")
 
@@ -117,6 +118,10 @@ def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tens
     figure.savefig(out)
 
 
+# (row label, method, strategy) of the random-model demo's table.
+VARIANTS = (("exact", "exact", "leverage"), ("randomized", "randomized", "leverage"), ("pivoted", "exact", "pivoted"))
+
+
 def _random_model_demo(args) -> None:
     from . import _tiny
 
@@ -148,15 +153,18 @@ def _random_model_demo(args) -> None:
         full_seconds = _median_seconds(functools.partial(model, **inputs), args.repeats)
         rows, masks = [], {}
         for budget in args.budgets:
-            for method in ("exact", "randomized"):
-                select = functools.partial(svdprune_cuda.select, features, budget, args.variance, method=method)
+            for label, method, strategy in VARIANTS:
+                select = functools.partial(
+                    svdprune_cuda.select, features, budget, args.variance, method=method, strategy=strategy
+                )
                 select_seconds = _median_seconds(select, args.repeats)
                 rank = int(select()[2][0])
-                with llava.prune(model, processor, budget=budget, variance=args.variance, method=method, source=args.source) as handle:
+                with llava.prune(model, processor, budget=budget, variance=args.variance, method=method,
+                                 source=args.source, strategy=strategy) as handle:
                     pruned_seconds = _median_seconds(functools.partial(model, **inputs), args.repeats)
-                    masks[(method, budget)] = handle.last_mask[0].clone()
-                overlap = (masks[(method, budget)] & masks[("exact", budget)]).sum().item() / budget
-                rows.append((method, budget, rank, select_seconds, pruned_seconds, overlap))
+                    masks[(label, budget)] = handle.last_mask[0].clone()
+                overlap = (masks[(label, budget)] & masks[("exact", budget)]).sum().item() / budget
+                rows.append((label, budget, rank, select_seconds, pruned_seconds, overlap))
 
     header = f"{'method':<11} {'kept':>4} {'rank':>4} {'selection':>10} {'prefill full -> pruned':>24} {'speed-up':>8} {'same tokens as exact':>21}"
     print(header)
@@ -171,7 +179,8 @@ def _random_model_demo(args) -> None:
     print(
         "\nprefill = one forward pass over the prompt (vision tower, selection, language model); "
         f"full keeps all {n} visual tokens.\nrank = singular directions holding {args.variance:.0%} of the energy; "
-        "same tokens = share of the randomized selection that the exact one also keeps."
+        "same tokens = share of the selection that the exact (top-K leverage) one also keeps;\n"
+        "pivoted = strategy='pivoted', greedy column pivoting on the top-K singular vectors (non-redundant tokens)."
     )
     title = f"Tokens kept by SVD-Prune ({args.source} features; random-weight LLaVA-1.5-shaped model)"
     plot_kept_patches(_model_view(processor, inputs.pixel_values[0]), masks, title, args.out)
@@ -207,7 +216,8 @@ def _checkpoint_demo(args) -> None:
         return processor.decode(output[0, prompt_length:], skip_special_tokens=True).strip(), seconds
 
     full_answer, full_seconds = answer()
-    with llava.prune(model, processor, budget=budget, variance=args.variance, method=args.method, source=args.source) as handle:
+    with llava.prune(model, processor, budget=budget, variance=args.variance, method=args.method, source=args.source,
+                     strategy=args.strategy) as handle:
         pruned_answer, pruned_seconds = answer()
         mask = handle.last_mask[0].clone()
     n = mask.numel()
@@ -215,7 +225,7 @@ def _checkpoint_demo(args) -> None:
     print(
         _side_by_side(
             (f"all {n} visual tokens ({full_seconds:.2f} s)", full_answer),
-            (f"{budget} tokens, {args.method} ({pruned_seconds:.2f} s)", pruned_answer),
+            (f"{budget} tokens, {args.method}, {args.strategy} ({pruned_seconds:.2f} s)", pruned_answer),
         )
     )
     title = f"Tokens kept by SVD-Prune ({args.source} features; {Path(args.model).name})"

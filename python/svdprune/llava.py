@@ -129,13 +129,14 @@ class PruneHandle:
     carried images (images in batch order), ``None`` before the first one.
     """
 
-    def __init__(self, model, processor, budget, variance, method, source):
+    def __init__(self, model, processor, budget, variance, method, source, strategy):
         self.model = model
         self.processor = processor
         self.budget = budget
         self.variance = variance
         self.method = method
         self.source = source
+        self.strategy = strategy
         self.last_mask: torch.Tensor | None = None
         self._saved: dict[str, object] = {}
         self._install()
@@ -145,7 +146,7 @@ class PruneHandle:
         budget = "adaptive" if self.budget is None else self.budget
         return (
             f"PruneHandle(budget={budget}, variance={self.variance}, method={self.method!r}, "
-            f"source={self.source!r}, {state})"
+            f"strategy={self.strategy!r}, source={self.source!r}, {state})"
         )
 
     @property
@@ -187,16 +188,18 @@ class PruneHandle:
 
     # -- selection ----------------------------------------------------------------------------
 
-    def _select(self, pixel_values, layer, strategy) -> tuple[torch.Tensor, torch.Tensor]:
+    def _select(self, pixel_values, layer, feature_strategy) -> tuple[torch.Tensor, torch.Tensor]:
         """Kept projected features ``[kept, H]`` (image by image, token order) and the mask."""
         base = self.model.model
-        vision = _vision_features(base.vision_tower, pixel_values, layer, strategy)
+        vision = _vision_features(base.vision_tower, pixel_values, layer, feature_strategy)
         projected = base.multi_modal_projector(vision) if self.source == "projector" else None
         scored = (projected if projected is not None else vision).detach()  # selection has no gradient
         if self.budget is None:
             mask = svdprune_cuda.select_adaptive(scored, self.variance, method=self.method)[0]
         else:
-            indices = svdprune_cuda.select(scored, self.budget, self.variance, method=self.method)[0]
+            indices = svdprune_cuda.select(
+                scored, self.budget, self.variance, method=self.method, strategy=self.strategy
+            )[0]
             mask = torch.zeros(scored.shape[:2], dtype=torch.bool, device=scored.device)
             mask.scatter_(1, indices, True)
         self.last_mask = mask
@@ -229,10 +232,10 @@ class PruneHandle:
                 return candidate
         return 0
 
-    def _prepare(self, input_ids, pixel_values, attention_mask, layer, strategy) -> _Pruned:
+    def _prepare(self, input_ids, pixel_values, attention_mask, layer, feature_strategy) -> _Pruned:
         config = self.model.config
         layer = config.vision_feature_layer if layer is None else layer
-        strategy = config.vision_feature_select_strategy if strategy is None else strategy
+        feature_strategy = config.vision_feature_select_strategy if feature_strategy is None else feature_strategy
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and attention_mask.dim() != 2:
@@ -243,7 +246,7 @@ class PruneHandle:
         input_ids = input_ids.to(device)
         attention_mask = None if attention_mask is None else attention_mask.to(device)
         vision_device = next(self.model.model.vision_tower.parameters()).device
-        features, mask = self._select(pixel_values.to(vision_device), layer, strategy)
+        features, mask = self._select(pixel_values.to(vision_device), layer, feature_strategy)
         images, n = mask.shape
         is_image = input_ids == config.image_token_id
         placeholders = int(is_image.sum())
@@ -381,6 +384,7 @@ def prune(
     variance: float = 0.9,
     method: str = "auto",
     source: str = "projector",
+    strategy: str = "leverage",
 ) -> PruneHandle:
     """Make ``model`` (a ``LlavaForConditionalGeneration``) see only the selected visual tokens.
 
@@ -397,6 +401,9 @@ def prune(
             ``"vision"`` on the CLIP features the projector reads (then only kept tokens are
             projected). Either way the language model gets projected features of the kept tokens
             in their original order.
+        strategy: how a fixed ``budget`` is chosen: ``"leverage"`` (top-K leverage, the paper's
+            rule) or ``"pivoted"`` (greedy column pivoting on the top-K singular vectors, which
+            keeps tokens that are not redundant with one another); see ``svdprune_cuda.select``.
 
     Returns:
         A :class:`PruneHandle`; ``handle.remove()`` or ``with prune(...):`` restores the model.
@@ -417,7 +424,11 @@ def prune(
         raise ValueError(f"method must be one of {svdprune_cuda.METHODS}, got {method!r}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    return PruneHandle(model, processor, budget, float(variance), method, source)
+    if strategy not in svdprune_cuda.STRATEGIES:
+        raise ValueError(f"strategy must be one of {svdprune_cuda.STRATEGIES}, got {strategy!r}")
+    if budget is None and strategy != "leverage":
+        raise ValueError(f"strategy {strategy!r} needs an int budget; the adaptive mode (budget=None) ranks by leverage")
+    return PruneHandle(model, processor, budget, float(variance), method, source, strategy)
 
 
 _CHECKPOINT_FILES = "config.json, model*.safetensors, tokenizer files and preprocessor_config.json"
