@@ -1,0 +1,50 @@
+// Status checks for the CUDA runtime, cuBLAS and cuSOLVER. Failures throw std::runtime_error,
+// which the dispatcher turns into a Python RuntimeError naming the call that failed.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace svdprune::cuda {
+
+inline const char* cusolver_status_name(cusolverStatus_t status) {
+  switch (status) {
+    case CUSOLVER_STATUS_SUCCESS: return "CUSOLVER_STATUS_SUCCESS";
+    case CUSOLVER_STATUS_NOT_INITIALIZED: return "CUSOLVER_STATUS_NOT_INITIALIZED";
+    case CUSOLVER_STATUS_ALLOC_FAILED: return "CUSOLVER_STATUS_ALLOC_FAILED";
+    case CUSOLVER_STATUS_INVALID_VALUE: return "CUSOLVER_STATUS_INVALID_VALUE";
+    case CUSOLVER_STATUS_ARCH_MISMATCH: return "CUSOLVER_STATUS_ARCH_MISMATCH";
+    case CUSOLVER_STATUS_EXECUTION_FAILED: return "CUSOLVER_STATUS_EXECUTION_FAILED";
+    case CUSOLVER_STATUS_INTERNAL_ERROR: return "CUSOLVER_STATUS_INTERNAL_ERROR";
+    case CUSOLVER_STATUS_NOT_SUPPORTED: return "CUSOLVER_STATUS_NOT_SUPPORTED";
+    default: return "unknown cuSOLVER status";
+  }
+}
+
+[[noreturn]] inline void fail(const std::string& library, const std::string& call, const std::string& status) {
+  throw std::runtime_error("svdprune: " + library + " call " + call + " failed: " + status);
+}
+
+inline void check_cuda(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) fail("CUDA", call, cudaGetErrorString(status));
+}
+
+inline void check_cublas(cublasStatus_t status, const char* call) {
+  if (status != CUBLAS_STATUS_SUCCESS) fail("cuBLAS", call, cublasGetStatusString(status));
+}
+
+inline void check_cusolver(cusolverStatus_t status, const char* call) {
+  if (status != CUSOLVER_STATUS_SUCCESS) fail("cuSOLVER", call, cusolver_status_name(status));
+}
+
+}  // namespace svdprune::cuda
+
+#define SVDPRUNE_CUDA_CHECK(expr) ::svdprune::cuda::check_cuda((expr), #expr)
+#define SVDPRUNE_CUBLAS_CHECK(expr) ::svdprune::cuda::check_cublas((expr), #expr)
+#define SVDPRUNE_CUSOLVER_CHECK(expr) ::svdprune::cuda::check_cusolver((expr), #expr)
+// Kernel launches report configuration errors asynchronously-free through cudaGetLastError.
+#define SVDPRUNE_CHECK_LAUNCH(name) ::svdprune::cuda::check_cuda(cudaGetLastError(), name)

@@ -1,0 +1,591 @@
+// Leverage scores and truncation rank on the GPU, exact and randomized.
+//
+// Both paths start from the Gram matrix of each image, G = X Xᵀ (N×N) or Xᵀ X (D×D),
+// whichever is smaller, in float32 (float64 for float64 input): one strided-batched cuBLAS
+// GEMM that reads 16-bit input directly and accumulates in float32.
+//   exact:      one cusolverDnXsyevBatched call diagonalises every G of the batch.
+//   randomized: subspace iteration on G from a Gaussian sketch, re-orthonormalised at every
+//               step, then Rayleigh–Ritz on the small width×width matrix QᵀGQ.
+// The rank cut and the leverage scores then come from one kernel per image. When G is
+// XᵀX, its eigenvectors are the right singular vectors V and U_k = X V_k / sigma_k.
+// ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself.
+#include "checks.h"
+#include "svdprune_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace svdprune::cuda {
+namespace {
+
+// Randomized range finder. The sketch widths are those of the CPU backend: kInitialSketch
+// columns, doubled while they stay within min(N, D)/4; the CPU tries them one after the
+// other and reads the rank back after each. Here that read-back would be a host
+// synchronisation, so the widest of them is used at once (up to kMaxSketch, and up to what
+// the device's shared memory can factorise; 128 columns on sm_80 and later GPUs, which is the
+// CPU's widest sketch for N = 576). A wider sketch only refines a narrower one, so every
+// image the CPU accepts at some width is at least as well resolved here. An image whose rank
+// does not fit the sketch with kOversample columns to spare (flat spectra, e.g. noise), which
+// the CPU hands to the exact solver, keeps the sketch's estimate: the cut among its Ritz
+// values, or the full width when they do not reach `variance` of the energy. Falling back to
+// the exact solver would need that same read-back, and running it on every call would cost
+// the exact path's full price. Widths of at most kOversample could accept no rank on the CPU
+// either; those shapes take the exact path.
+constexpr int64_t kInitialSketch = 16;
+constexpr int64_t kOversample = 8;
+constexpr int64_t kMaxSketch = 128;
+// Each iteration applies G = X Xᵀ once, like one iteration of the CPU backend.
+constexpr int kPowerIterations = 4;
+
+constexpr int kThreads = 256;
+// ‖X‖_F² is summed by kEnergyParts blocks per image (enough to keep the GPU busy at batch
+// size 1), then the parts are added in a fixed order, so the result is deterministic.
+constexpr int kEnergyParts = 64;
+constexpr unsigned kFullMask = 0xffffffffu;
+// Dynamic shared memory a kernel may use without opting in to the device's larger limit.
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+
+template <typename scalar_t>
+constexpr cudaDataType kDataType = std::is_same_v<scalar_t, double> ? CUDA_R_64F : CUDA_R_32F;
+
+cudaDataType data_type(DType dtype) {
+  switch (dtype) {
+    case DType::Half: return CUDA_R_16F;
+    case DType::BFloat16: return CUDA_R_16BF;
+    case DType::Float: return CUDA_R_32F;
+    case DType::Double: return CUDA_R_64F;
+  }
+  fail("svdprune", "data_type", "unknown dtype");
+}
+
+template <typename T>
+T* allocate(const Context& ctx, int64_t count) {
+  return static_cast<T*>(ctx.allocate(sizeof(T) * static_cast<size_t>(std::max<int64_t>(count, 1))));
+}
+
+int to_int(int64_t value, const char* what) {
+  if (value < 0 || value > INT_MAX) fail("svdprune", what, "size " + std::to_string(value) + " exceeds 32 bits");
+  return static_cast<int>(value);
+}
+
+int blocks_for(int64_t count, int threads) {
+  return static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 65535));
+}
+
+// ---------------------------------------------------------------------------------------
+// Small device helpers
+
+__device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ inline double to_double(__half v) { return static_cast<double>(__half2float(v)); }
+__device__ inline double to_double(__nv_bfloat16 v) { return static_cast<double>(__bfloat162float(v)); }
+__device__ inline double to_double(float v) { return v; }
+__device__ inline double to_double(double v) { return v; }
+
+// Sum over the block; the result is valid in thread 0. Call at most once per kernel.
+__device__ double block_sum(double value) {
+  __shared__ double warp_sums[32];
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(kFullMask, value, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_sums[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < static_cast<int>(blockDim.x >> 5) ? warp_sums[lane] : 0.0;
+    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(kFullMask, value, offset);
+  }
+  return value;
+}
+
+// Position, counted from the largest of the `count` ascending `values`, at which the running
+// sum of max(value, 0) first reaches `threshold`; `count` if it never does. NaN propagates
+// through the sum as in the CPU backend. Called by a whole warp; each lane scans a contiguous
+// segment after an exclusive scan of the segment sums.
+template <typename scalar_t>
+__device__ int64_t first_reaching(const scalar_t* values, int64_t count, double threshold) {
+  const int lane = threadIdx.x & 31;
+  const int64_t per_lane = (count + 31) / 32;
+  const int64_t begin = min64(count, lane * per_lane);
+  const int64_t end = min64(count, begin + per_lane);
+  auto clamped = [&](int64_t position) {
+    const double v = static_cast<double>(values[count - 1 - position]);
+    return v < 0.0 ? 0.0 : v;
+  };
+  double segment = 0.0;
+  for (int64_t t = begin; t < end; ++t) segment += clamped(t);
+  double inclusive = segment;
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const double below = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += below;
+  }
+  double running = __shfl_up_sync(kFullMask, inclusive, 1);
+  if (lane == 0) running = 0.0;
+  long long first = count;
+  for (int64_t t = begin; t < end; ++t) {
+    running += clamped(t);
+    if (running >= threshold) {
+      first = t;
+      break;
+    }
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const long long other = __shfl_xor_sync(kFullMask, first, offset);
+    first = other < first ? other : first;
+  }
+  return first;
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels
+
+// parts[b * kEnergyParts + p] = sum of squares of part p of image b.
+template <typename T>
+__global__ void energy_kernel(const T* x, int64_t elements, double* parts) {
+  const int64_t chunk = (elements + kEnergyParts - 1) / kEnergyParts;
+  const int64_t begin = blockIdx.y * chunk;
+  const int64_t end = min64(begin + chunk, elements);
+  const T* image = x + static_cast<int64_t>(blockIdx.x) * elements;
+  double sum = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const double v = to_double(image[i]);
+    sum += v * v;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = sum;
+}
+
+// Philox4x32-10 (Salmon et al., SC'11): a counter-based generator, so every entry of the
+// sketch is a pure function of (seed, position) and the sketch is the same for every image,
+// every batch size and every launch configuration.
+__device__ uint4 philox4x32_10(uint4 counter, uint2 key) {
+  constexpr uint32_t kMultiplier0 = 0xD2511F53u, kMultiplier1 = 0xCD9E8D57u;
+  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      key.x += kWeyl0;
+      key.y += kWeyl1;
+    }
+    const uint32_t high0 = __umulhi(kMultiplier0, counter.x), low0 = kMultiplier0 * counter.x;
+    const uint32_t high1 = __umulhi(kMultiplier1, counter.z), low1 = kMultiplier1 * counter.z;
+    counter = make_uint4(high1 ^ counter.y ^ key.x, low1, high0 ^ counter.w ^ key.y, low0);
+  }
+  return counter;
+}
+
+// Standard normal entries (Box–Muller on two 32-bit uniforms in (0, 1)), in double precision
+// so that --use_fast_math does not change them.
+template <typename scalar_t>
+__global__ void gaussian_kernel(scalar_t* out, int64_t count, uint64_t seed) {
+  const uint2 key = make_uint2(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint4 bits = philox4x32_10(make_uint4(static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32), 0u, 0u), key);
+    constexpr double kTwoToMinus32 = 2.3283064365386963e-10;
+    const double u1 = (static_cast<double>(bits.x) + 0.5) * kTwoToMinus32;
+    const double u2 = (static_cast<double>(bits.y) + 0.5) * kTwoToMinus32;
+    out[i] = static_cast<scalar_t>(sqrt(-2.0 * log(u1)) * cospi(2.0 * u2));
+  }
+}
+
+__global__ void widen_kernel(const float* in, double* out, int64_t count) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = in[i];
+  }
+}
+
+// Shared memory of cholesky_kernel: the lower triangle of a width×width double matrix,
+// packed by columns, its original diagonal and the kept flags.
+size_t cholesky_shared_bytes(int64_t width) {
+  return static_cast<size_t>(width * (width + 1) / 2) * sizeof(double) + width * (sizeof(double) + sizeof(int));
+}
+
+// Offset of element (i, j), i >= j, of the column-packed lower triangle of a width×width matrix.
+__device__ inline int packed(int i, int j, int width) { return j * width - j * (j - 1) / 2 + (i - j); }
+
+// In-place Cholesky factorisation S = L Lᵀ of each width×width Gram matrix (column-major,
+// lower triangle read and overwritten by L), in double precision, one block per matrix. A
+// column whose remaining pivot is at most `tolerance` times its original diagonal is
+// numerically in the span of the previous ones (a rank-deficient image, or a zero column of
+// an earlier pass): it is dropped, i.e. its column of L is zero and keep[column] = 0. NaN
+// pivots are dropped the same way, so the kernel always finishes.
+__global__ void cholesky_kernel(double* gram, int width, double tolerance, int* keep) {
+  extern __shared__ double shared_storage[];
+  double* a = shared_storage;
+  double* original_diagonal = a + width * (width + 1) / 2;
+  int* kept = reinterpret_cast<int*>(original_diagonal + width);
+  double* matrix = gram + static_cast<int64_t>(blockIdx.x) * width * width;
+  for (int j = 0; j < width; ++j) {
+    for (int i = j + threadIdx.x; i < width; i += blockDim.x) a[packed(i, j, width)] = matrix[i + j * width];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < width; i += blockDim.x) original_diagonal[i] = a[packed(i, i, width)];
+  __syncthreads();
+  for (int k = 0; k < width; ++k) {
+    if (threadIdx.x == 0) {
+      const double pivot = a[packed(k, k, width)];
+      kept[k] = pivot > tolerance * original_diagonal[k];
+      a[packed(k, k, width)] = kept[k] ? sqrt(pivot) : 0.0;
+    }
+    __syncthreads();
+    const double diagonal = a[packed(k, k, width)];
+    for (int i = k + 1 + threadIdx.x; i < width; i += blockDim.x) {
+      a[packed(i, k, width)] = kept[k] ? a[packed(i, k, width)] / diagonal : 0.0;
+    }
+    __syncthreads();
+    const int rest = width - k - 1;
+    for (int e = threadIdx.x; e < rest * rest; e += blockDim.x) {
+      const int i = k + 1 + e % rest, j = k + 1 + e / rest;
+      if (j <= i) a[packed(i, j, width)] -= a[packed(i, k, width)] * a[packed(j, k, width)];
+    }
+    __syncthreads();
+  }
+  for (int j = 0; j < width; ++j) {
+    for (int i = j + threadIdx.x; i < width; i += blockDim.x) matrix[i + j * width] = a[packed(i, j, width)];
+  }
+  for (int i = threadIdx.x; i < width; i += blockDim.x) keep[static_cast<int64_t>(blockIdx.x) * width + i] = kept[i];
+}
+
+// Y ← Y L⁻ᵀ row by row (forward substitution in double), so that Y = Q Lᵀ with Q having
+// orthonormal columns; dropped columns become zero. All threads of a warp read the same
+// element of L at a time, so L is read from global memory (cached) whatever the width.
+template <typename scalar_t>
+__global__ void solve_rows_kernel(scalar_t* y, const double* cholesky, const int* keep, int64_t rows, int width) {
+  const int64_t row = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (row >= rows) return;
+  const double* l = cholesky + static_cast<int64_t>(blockIdx.x) * width * width;
+  const int* kept = keep + static_cast<int64_t>(blockIdx.x) * width;
+  scalar_t* image = y + static_cast<int64_t>(blockIdx.x) * rows * width;
+  double q[kMaxSketch];
+  for (int i = 0; i < width; ++i) {
+    double v = 0.0;
+    if (kept[i]) {
+      v = static_cast<double>(image[row + i * rows]);
+      for (int j = 0; j < i; ++j) v -= q[j] * l[i + j * width];
+      v /= l[i + i * width];
+    }
+    q[i] = v;
+  }
+  for (int i = 0; i < width; ++i) image[row + i * rows] = static_cast<scalar_t>(q[i]);
+}
+
+// Rank cut and leverage scores of one image per block, from `count` eigenpairs in ascending
+// order (`vectors`: rows × count, column-major). The rank is the smallest k whose k largest
+// eigenvalues reach variance · (1 - slack) · ‖X‖_F², or `count` if they do not; the score of
+// row j is the sum over those k columns of vector[j]², divided by the eigenvalue when the
+// vectors are X V (then columns with an eigenvalue at most slack times the largest carry no
+// energy and are skipped, as on the CPU). An image whose energy is zero gets rank 0 and zero
+// scores; one whose energy is not finite (NaN/Inf input, overflow) or whose eigensolver
+// reported an error gets rank 0 and NaN scores.
+template <typename scalar_t>
+__global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int64_t rows,
+                                     const double* energy_parts, const int* info, double variance, double slack,
+                                     bool divide_by_value, scalar_t* scores, int64_t* rank) {
+  const int64_t image = blockIdx.x;
+  const scalar_t* image_values = values + image * count;
+  const scalar_t* image_vectors = vectors + image * rows * count;
+  __shared__ int64_t shared_rank;
+  __shared__ bool shared_valid;
+  __shared__ double shared_floor;
+  if (threadIdx.x < 32) {
+    double total = 0.0;
+    if (threadIdx.x == 0) {
+      for (int p = 0; p < kEnergyParts; ++p) total += energy_parts[image * kEnergyParts + p];
+    }
+    total = __shfl_sync(kFullMask, total, 0);
+    const bool valid = isfinite(total) && info[image] == 0;
+    int64_t k = 0;
+    if (valid && total > 0.0) {
+      const int64_t first = first_reaching(image_values, count, variance * total * (1.0 - slack));
+      k = first < count ? first + 1 : count;
+    }
+    if (threadIdx.x == 0) {
+      shared_rank = k;
+      shared_valid = valid;
+      shared_floor = static_cast<double>(image_values[count - 1]) * slack;
+    }
+  }
+  __syncthreads();
+  const int64_t k = shared_rank;
+  for (int64_t j = threadIdx.x; j < rows; j += blockDim.x) {
+    double score = 0.0;
+    for (int64_t t = 0; t < k; ++t) {
+      const int64_t column = count - 1 - t;
+      const double v = static_cast<double>(image_vectors[j + column * rows]);
+      if (!divide_by_value) {
+        score += v * v;
+      } else {
+        const double value = static_cast<double>(image_values[column]);
+        if (value > shared_floor) score += v * v / value;
+      }
+    }
+    scores[image * rows + j] = shared_valid ? static_cast<scalar_t>(score) : static_cast<scalar_t>(NAN);
+  }
+  if (threadIdx.x == 0) rank[image] = k;
+}
+
+// ---------------------------------------------------------------------------------------
+// Library calls
+
+// C = op(A) op(B) for every matrix of a strided batch (column-major). Float results use the
+// pedantic float32 compute type for float32 inputs, so that TF32 stays out even when the
+// handle allows it; 16-bit inputs go to tensor cores with float32 accumulation.
+void gemm(const Context& ctx, cublasOperation_t transa, cublasOperation_t transb, int64_t m, int64_t n, int64_t k,
+          const void* a, cudaDataType a_type, int64_t lda, int64_t stride_a, const void* b, cudaDataType b_type,
+          int64_t ldb, int64_t stride_b, void* c, cudaDataType c_type, int64_t ldc, int64_t stride_c, int64_t batch) {
+  const int im = to_int(m, "gemm m"), in = to_int(n, "gemm n"), ik = to_int(k, "gemm k");
+  const int ilda = to_int(lda, "gemm lda"), ildb = to_int(ldb, "gemm ldb"), ildc = to_int(ldc, "gemm ldc");
+  const int ibatch = to_int(batch, "gemm batch");
+  if (c_type == CUDA_R_64F) {
+    const double one = 1.0, zero = 0.0;
+    SVDPRUNE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.blas, transa, transb, im, in, ik, &one, a, a_type, ilda,
+                                                     stride_a, b, b_type, ildb, stride_b, &zero, c, c_type, ildc,
+                                                     stride_c, ibatch, CUBLAS_COMPUTE_64F, CUBLAS_GEMM_DEFAULT));
+  } else {
+    const float one = 1.0f, zero = 0.0f;
+    const cublasComputeType_t compute = a_type == CUDA_R_32F ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F;
+    SVDPRUNE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(ctx.blas, transa, transb, im, in, ik, &one, a, a_type, ilda,
+                                                     stride_a, b, b_type, ildb, stride_b, &zero, c, c_type, ildc,
+                                                     stride_c, ibatch, compute, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+struct SolverParams {
+  cusolverDnParams_t params = nullptr;
+  SolverParams() { SVDPRUNE_CUSOLVER_CHECK(cusolverDnCreateParams(&params)); }
+  ~SolverParams() { cusolverDnDestroyParams(params); }
+  SolverParams(const SolverParams&) = delete;
+  SolverParams& operator=(const SolverParams&) = delete;
+};
+
+// Eigenvalues (ascending) and eigenvectors (in place of `a`) of `batch` symmetric n×n
+// matrices, lower triangles read; info[i] != 0 marks a matrix the solver failed on. The
+// batched solver limits n * n * batch to 32 bits, so larger batches go in several calls.
+template <typename scalar_t>
+void eigh_batched(const Context& ctx, int64_t n, int64_t batch, scalar_t* a, scalar_t* values, int* info) {
+  constexpr cudaDataType type = kDataType<scalar_t>;
+  const SolverParams params;
+  SVDPRUNE_CUSOLVER_CHECK(cusolverDnSetStream(ctx.solver, ctx.stream));
+  const int64_t chunk = std::min<int64_t>(batch, std::max<int64_t>(1, INT_MAX / (n * n)));
+  size_t device_bytes = 0, host_bytes = 0;
+  for (const int64_t size : {chunk, batch % chunk}) {
+    if (size == 0) continue;
+    size_t device = 0, host = 0;
+    SVDPRUNE_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(ctx.solver, params.params, CUSOLVER_EIG_MODE_VECTOR,
+                                                              CUBLAS_FILL_MODE_LOWER, n, type, a, n, type, values,
+                                                              type, &device, &host, size));
+    device_bytes = std::max(device_bytes, device);
+    host_bytes = std::max(host_bytes, host);
+  }
+  void* device_workspace = ctx.allocate(std::max<size_t>(device_bytes, 1));
+  // The solver uses its host workspace during the call only (torch frees its own right after).
+  thread_local std::vector<char> host_workspace;
+  host_workspace.resize(std::max<size_t>({host_workspace.size(), host_bytes, 1}));
+  for (int64_t begin = 0; begin < batch; begin += chunk) {
+    const int64_t size = std::min(chunk, batch - begin);
+    SVDPRUNE_CUSOLVER_CHECK(cusolverDnXsyevBatched(ctx.solver, params.params, CUSOLVER_EIG_MODE_VECTOR,
+                                                   CUBLAS_FILL_MODE_LOWER, n, type, a + begin * n * n, n, type,
+                                                   values + begin * n, type, device_workspace, device_bytes,
+                                                   host_workspace.data(), host_bytes, info + begin, size));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pipeline
+
+// G = X Xᵀ (n ≤ d) or Xᵀ X, m×m column-major per image. X row-major [n, d] is, column-major,
+// the d×n matrix Xᵀ with leading dimension d.
+template <typename scalar_t>
+void gram(const Context& ctx, const Features& f, scalar_t* g) {
+  const cudaDataType in = data_type(f.dtype);
+  constexpr cudaDataType out = kDataType<scalar_t>;
+  if (f.n <= f.d) {
+    gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, f.n, f.n, f.d, f.data, in, f.d, f.n * f.d, f.data, in, f.d, f.n * f.d, g, out,
+         f.n, f.n * f.n, f.batch);
+  } else {
+    gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, f.d, f.d, f.n, f.data, in, f.d, f.n * f.d, f.data, in, f.d, f.n * f.d, g, out,
+         f.d, f.d * f.d, f.batch);
+  }
+}
+
+// Scores and rank from `count` eigenpairs of G per image: `values` [batch, count] ascending,
+// `basis` [batch] m×count. For n ≤ d the basis holds left singular vectors; otherwise right
+// ones, and the scores use X V / sigma.
+template <typename scalar_t>
+void finish(const Context& ctx, const Features& f, const scalar_t* values, int64_t count, const scalar_t* basis,
+            const int* info, const double* energy_parts, double variance, double slack, scalar_t* scores,
+            int64_t* rank) {
+  constexpr cudaDataType type = kDataType<scalar_t>;
+  const scalar_t* vectors = basis;
+  const bool right_vectors = f.n > f.d;
+  if (right_vectors) {
+    if (data_type(f.dtype) != type) fail("svdprune", "leverage", "features must be in the compute dtype when D < N");
+    scalar_t* projected = allocate<scalar_t>(ctx, f.batch * f.n * count);
+    gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, f.n, count, f.d, f.data, type, f.d, f.n * f.d, basis, type, f.d,
+         f.d * count, projected, type, f.n, f.n * count, f.batch);
+    vectors = projected;
+  }
+  rank_leverage_kernel<scalar_t><<<static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream>>>(
+      values, count, vectors, f.n, energy_parts, info, variance, slack, right_vectors, scores, rank);
+  SVDPRUNE_CHECK_LAUNCH("rank_leverage_kernel");
+}
+
+template <typename scalar_t>
+void leverage_exact(const Context& ctx, const Features& f, scalar_t* g, const double* energy_parts, double variance,
+                    double slack, scalar_t* scores, int64_t* rank) {
+  const int64_t m = std::min(f.n, f.d);
+  scalar_t* values = allocate<scalar_t>(ctx, f.batch * m);
+  int* info = allocate<int>(ctx, f.batch);
+  eigh_batched(ctx, m, f.batch, g, values, info);
+  finish(ctx, f, values, m, g, info, energy_parts, variance, slack, scores, rank);
+}
+
+// Makes the columns of every rows×width matrix of `y` orthonormal in place (CholeskyQR with
+// the Gram matrix and the factorisation in double precision; `passes` = 2 is CholeskyQR2,
+// which restores orthogonality to working precision). Rank-deficient columns become zero.
+template <typename scalar_t>
+void orthonormalize(const Context& ctx, scalar_t* y, int64_t batch, int64_t rows, int64_t width, int passes,
+                    double* y_double, double* gram_double, int* keep) {
+  // Pivots below this fraction of a column's squared norm are at the rounding level of the
+  // stored columns (relative residual 1e-5 in float, 1e-12 in double).
+  constexpr double kTolerance = std::is_same_v<scalar_t, double> ? 1e-24 : 1e-10;
+  const int w = static_cast<int>(width);
+  const size_t shared_bytes = cholesky_shared_bytes(width);
+  if (shared_bytes > kDefaultSharedBytes) {
+    SVDPRUNE_CUDA_CHECK(cudaFuncSetAttribute(cholesky_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(shared_bytes)));
+  }
+  for (int pass = 0; pass < passes; ++pass) {
+    const double* source = nullptr;
+    if constexpr (std::is_same_v<scalar_t, double>) {
+      source = y;
+    } else {
+      const int64_t count = batch * rows * width;
+      widen_kernel<<<blocks_for(count, kThreads), kThreads, 0, ctx.stream>>>(y, y_double, count);
+      SVDPRUNE_CHECK_LAUNCH("widen_kernel");
+      source = y_double;
+    }
+    gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, width, width, rows, source, CUDA_R_64F, rows, rows * width, source,
+         CUDA_R_64F, rows, rows * width, gram_double, CUDA_R_64F, width, width * width, batch);
+    cholesky_kernel<<<static_cast<unsigned>(batch), kThreads, shared_bytes, ctx.stream>>>(gram_double, w, kTolerance,
+                                                                                          keep);
+    SVDPRUNE_CHECK_LAUNCH("cholesky_kernel");
+    constexpr int kRowsPerBlock = 128;
+    const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+    solve_rows_kernel<scalar_t><<<grid, kRowsPerBlock, 0, ctx.stream>>>(y, gram_double, keep, rows, w);
+    SVDPRUNE_CHECK_LAUNCH("solve_rows_kernel");
+  }
+}
+
+template <typename scalar_t>
+void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* g, int64_t width, uint64_t seed,
+                         const double* energy_parts, double variance, double slack, scalar_t* scores,
+                         int64_t* rank) {
+  constexpr cudaDataType type = kDataType<scalar_t>;
+  const int64_t m = std::min(f.n, f.d), batch = f.batch, block = m * width;
+  scalar_t* omega = allocate<scalar_t>(ctx, block);
+  gaussian_kernel<scalar_t><<<blocks_for(block, kThreads), kThreads, 0, ctx.stream>>>(omega, block, seed);
+  SVDPRUNE_CHECK_LAUNCH("gaussian_kernel");
+
+  scalar_t* q = allocate<scalar_t>(ctx, batch * block);
+  scalar_t* y = allocate<scalar_t>(ctx, batch * block);
+  double* y_double = std::is_same_v<scalar_t, double> ? nullptr : allocate<double>(ctx, batch * block);
+  double* gram_double = allocate<double>(ctx, batch * width * width);
+  int* keep = allocate<int>(ctx, batch * width);
+  auto apply_gram = [&](const scalar_t* x, int64_t stride_x, scalar_t* out) {
+    gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, m, width, m, g, type, m, m * m, x, type, m, stride_x, out, type, m, block,
+         batch);
+  };
+
+  // The same sketch (batch stride 0) for every image, so an image's result does not depend
+  // on its position in the batch. Orthogonality matters only for the final basis: the
+  // intermediate ones need one CholeskyQR pass, the last one two.
+  apply_gram(omega, 0, y);
+  orthonormalize(ctx, y, batch, m, width, 1, y_double, gram_double, keep);
+  std::swap(q, y);
+  for (int iteration = 1; iteration <= kPowerIterations; ++iteration) {
+    apply_gram(q, block, y);
+    orthonormalize(ctx, y, batch, m, width, iteration == kPowerIterations ? 2 : 1, y_double, gram_double, keep);
+    std::swap(q, y);
+  }
+
+  // Rayleigh–Ritz: eigenpairs (S, Ritz values) of C = Qᵀ G Q, then the Ritz vectors Q S.
+  apply_gram(q, block, y);
+  scalar_t* c = allocate<scalar_t>(ctx, batch * width * width);
+  gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, width, width, m, q, type, m, block, y, type, m, block, c, type, width,
+       width * width, batch);
+  scalar_t* ritz_values = allocate<scalar_t>(ctx, batch * width);
+  int* info = allocate<int>(ctx, batch);
+  eigh_batched(ctx, width, batch, c, ritz_values, info);
+  gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, m, width, width, q, type, m, block, c, type, width, width * width, y, type, m,
+       block, batch);
+  finish(ctx, f, ritz_values, width, y, info, energy_parts, variance, slack, scores, rank);
+}
+
+template <typename scalar_t>
+void leverage_typed(const Context& ctx, const Features& f, double variance, double slack, int64_t width,
+                    uint64_t seed, scalar_t* scores, int64_t* rank) {
+  double* energy_parts = allocate<double>(ctx, f.batch * kEnergyParts);
+  const dim3 grid(static_cast<unsigned>(f.batch), kEnergyParts);
+  const int64_t elements = f.n * f.d;
+  switch (f.dtype) {
+    case DType::Half:
+      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const __half*>(f.data), elements, energy_parts);
+      break;
+    case DType::BFloat16:
+      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const __nv_bfloat16*>(f.data), elements,
+                                                       energy_parts);
+      break;
+    case DType::Float:
+      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const float*>(f.data), elements, energy_parts);
+      break;
+    case DType::Double:
+      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const double*>(f.data), elements, energy_parts);
+      break;
+  }
+  SVDPRUNE_CHECK_LAUNCH("energy_kernel");
+
+  const int64_t m = std::min(f.n, f.d);
+  scalar_t* g = allocate<scalar_t>(ctx, f.batch * m * m);
+  gram(ctx, f, g);
+  if (width == 0) {
+    leverage_exact(ctx, f, g, energy_parts, variance, slack, scores, rank);
+  } else {
+    leverage_randomized(ctx, f, g, width, seed, energy_parts, variance, slack, scores, rank);
+  }
+}
+
+}  // namespace
+
+int64_t sketch_width(int64_t rank_bound) {
+  int device = 0, shared_limit = 0;
+  SVDPRUNE_CUDA_CHECK(cudaGetDevice(&device));
+  SVDPRUNE_CUDA_CHECK(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  int64_t largest = kMaxSketch;
+  while (largest > kInitialSketch && cholesky_shared_bytes(largest) > static_cast<size_t>(shared_limit)) largest /= 2;
+  const int64_t limit = std::min(rank_bound / 4, largest);
+  int64_t width = std::min(kInitialSketch, limit);
+  while (width > 0 && 2 * width <= limit) width *= 2;
+  return width > kOversample ? width : 0;
+}
+
+void leverage(const Context& ctx, const Features& features, double variance, double slack, int64_t width,
+              uint64_t seed, void* scores, int64_t* rank) {
+  if (features.batch == 0) return;
+  if (width < 0 || width > kMaxSketch || width > std::min(features.n, features.d)) {
+    fail("svdprune", "leverage", "invalid sketch width " + std::to_string(width));
+  }
+  if (features.dtype == DType::Double) {
+    leverage_typed(ctx, features, variance, slack, width, seed, static_cast<double*>(scores), rank);
+  } else {
+    leverage_typed(ctx, features, variance, slack, width, seed, static_cast<float*>(scores), rank);
+  }
+}
+
+}  // namespace svdprune::cuda

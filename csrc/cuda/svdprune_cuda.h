@@ -1,0 +1,68 @@
+// CUDA implementation of the svdprune ops, free of torch headers so that nvcc compiles it
+// quickly. The ATen glue (svdprune_cuda.cpp) validates arguments, prepares the input and
+// passes plain device pointers, torch's current stream and its library handles; every
+// temporary buffer comes from `Context::allocate`, i.e. from torch's caching allocator.
+//
+// Nothing here synchronises with the host: no device-to-host copies, no stream or device
+// synchronisation, solver status codes stay on the device. That keeps the ops usable under
+// CUDA graph capture and torch.compile.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+namespace svdprune::cuda {
+
+enum class DType { Half, BFloat16, Float, Double };
+
+struct Context {
+  cudaStream_t stream;
+  // Already bound to `stream` and to torch's cuBLAS workspace by the caller: rebinding it
+  // here would reset that workspace.
+  cublasHandle_t blas;
+  // Bound to `stream` here, before each use.
+  cusolverDnHandle_t solver;
+  // Device memory that stays valid until the op returns (stream-ordered reuse afterwards).
+  std::function<void*(size_t bytes)> allocate;
+};
+
+// A batch of images: `batch` row-major, contiguous [n, d] matrices.
+struct Features {
+  const void* data;
+  DType dtype;
+  int64_t batch, n, d;
+};
+
+// Sketch width of the randomized path for an image with min(N, D) = `rank_bound`, or 0 when
+// no sketch could ever be accepted and the exact path is used (see leverage.cu).
+int64_t sketch_width(int64_t rank_bound);
+
+// Largest min(N, D) the batched eigensolver accepts (n * n must fit in 32 bits).
+constexpr int64_t kMaxGramSize = 46340;
+
+// Leverage scores [batch, n] (float, double for double input) and truncation rank [batch].
+// `features` must be float or double when `center` was applied or d < n (the glue widens
+// it): half/bfloat16 input is only read by the Gram product, which accumulates in float.
+// `width` = 0 selects the exact path, otherwise the randomized one with that sketch width.
+void leverage(const Context& ctx, const Features& features, double variance, double slack, int64_t width,
+              uint64_t seed, void* scores, int64_t* rank);
+
+// Per image, the `budget` highest scores (ties to the lower index), written as indices in
+// ascending order: indices [batch, budget].
+void select_top(const Context& ctx, const void* scores, DType dtype, int64_t batch, int64_t n, int64_t budget,
+                int64_t* indices);
+
+// Per image, the fewest highest-score tokens whose cumulative score reaches
+// variance * rank, clamped to [min_tokens, max_tokens]: mask [batch, n], count [batch].
+void select_adaptive(const Context& ctx, const void* scores, DType dtype, const int64_t* rank, int64_t batch,
+                     int64_t n, double variance, int64_t min_tokens, int64_t max_tokens, bool* mask, int64_t* count);
+
+// Largest n the selection kernels handle (the block sorts n scores in shared memory).
+int64_t max_select_tokens(DType dtype);
+
+}  // namespace svdprune::cuda

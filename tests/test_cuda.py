@@ -1,0 +1,360 @@
+"""torch.ops.svdprune.* on CUDA against the float64 reference and the CPU kernels.
+
+Skipped where no GPU is visible or the extension was built without its CUDA kernels.
+"""
+
+import pytest
+import torch
+
+import svdprune_cuda
+from svdprune_cuda import reference
+from test_ops import SPECTRUM, assert_top_k, designed, lifted, score_tolerance
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(
+        not torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA"),
+        reason="svdprune_cuda was built without its CUDA kernels",
+    ),
+]
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+METHODS = ["exact", "randomized"]
+# Width of the CUDA randomized sketch for N = 576, D >= 576 on sm_80 and later: the CPU's widest
+# sketch, min(N, D) / 4 rounded down to 16 * 2^i, capped at 128 (see csrc/cuda/leverage.cu).
+SKETCH_WIDTH = 128
+
+
+def cuda(x: torch.Tensor) -> torch.Tensor:
+    return x.to("cuda")
+
+
+def on_cpu(outputs):
+    return tuple(t.cpu() for t in outputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(576, 588), (576, 1024), (576, 4096), (576, 64), (100, 588)])
+def test_leverage_matches_reference(dtype, method, n, d):
+    x = designed(n, d, SPECTRUM, noise=1e-3).to(dtype)
+    scores, rank = on_cpu(torch.ops.svdprune.leverage(cuda(x), 0.9, method))
+    expected_scores, expected_rank = reference.leverage(x)
+    assert scores.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rank.dtype == torch.int64 and rank.shape == ()
+    assert rank.item() == expected_rank.item() == 3
+    torch.testing.assert_close(scores.double(), expected_scores, atol=score_tolerance(dtype), rtol=0)
+    torch.testing.assert_close(scores.sum().double(), rank.double(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("budget", [64, 32, 16])
+def test_select_exact_indices_on_separated_scores(method, budget):
+    x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=3).float()
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), budget, 0.9, method))
+    expected_indices, expected_scores, expected_rank = reference.select(x, budget)
+    ordered = torch.sort(expected_scores, descending=True).values
+    assert (ordered[:, budget - 1] - ordered[:, budget]).min() > 1e-3, "test data must separate the K-th score"
+    assert indices.dtype == torch.int64
+    assert torch.equal(indices, expected_indices)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("lift", [False, True], ids=["patches588", "lifted4096"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_select_on_photos(photos, method, lift, dtype):
+    for name, patches in photos.items():
+        x = (lifted(patches) if lift else patches).to(dtype)
+        expected_scores, expected_rank = reference.leverage(x)
+        for budget in (64, 32, 16):
+            indices, scores, rank = on_cpu(svdprune_cuda.select(cuda(x), budget, method=method))
+            assert rank.item() == expected_rank.item(), name
+            torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+            assert_top_k(indices, expected_scores, budget, tol=2e-4)
+            expected = reference.select(x, budget)[0]
+            overlap = len(set(indices.tolist()) & set(expected.tolist())) / budget
+            assert overlap >= 0.95, (name, budget, overlap)
+
+
+def test_photos_batched_with_centering(photos):
+    x = torch.stack(list(photos.values()))
+    for method in METHODS:
+        indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 32, 0.9, method, True))
+        expected_indices, expected_scores, expected_rank = reference.select(x, 32, center=True)
+        assert torch.equal(rank, expected_rank)
+        torch.testing.assert_close(scores.double(), expected_scores, atol=5e-4, rtol=0)
+        assert_top_k(indices, expected_scores, 32, tol=5e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(96, 160), (160, 96)])
+def test_batch_of_256_matches_reference(method, n, d):
+    x = designed(n, d, SPECTRUM, noise=1e-3, batch=256).float()
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 16, 0.9, method))
+    expected_scores, expected_rank = reference.leverage(x)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+    assert_top_k(indices, expected_scores, 16, tol=2e-4)
+    mask, count, _, _ = on_cpu(torch.ops.svdprune.select_adaptive(cuda(x), 0.9, 1, -1, method))
+    expected_mask, expected_count, _, _ = reference.select_adaptive(x, 0.9, 1, -1)
+    assert torch.equal(count, expected_count) and torch.equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_batched_and_unbatched_agree(dtype, method):
+    # cuBLAS may pick different kernels for different batch sizes, so only rounding may differ.
+    x = cuda(designed(300, 400, SPECTRUM, noise=1e-2, batch=4).to(dtype))
+    indices, scores, rank = torch.ops.svdprune.select(x, 20, 0.9, method)
+    for b in range(4):
+        single_indices, single_scores, single_rank = torch.ops.svdprune.select(x[b], 20, 0.9, method)
+        assert torch.equal(single_indices, indices[b]) and torch.equal(single_rank, rank[b])
+        torch.testing.assert_close(single_scores, scores[b], atol=1e-5, rtol=0)
+
+
+def test_noncontiguous_input_gives_the_same_result():
+    x = cuda(designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float())
+    transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    strided = torch.zeros(2, 300, 400, device="cuda")
+    strided[..., ::2] = x
+    for view in (transposed, strided[..., ::2]):
+        assert not view.is_contiguous()
+        for method in METHODS:
+            for got, want in zip(torch.ops.svdprune.select(view, 16, 0.9, method),
+                                 torch.ops.svdprune.select(x, 16, 0.9, method)):
+                assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(64, 32), (128, 256), (256, 128)])
+def test_zero_image(method, n, d):
+    x = torch.zeros(2, n, d)
+    x[1] = designed(n, d, SPECTRUM).float()
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 8, 0.9, method))
+    assert rank[0] == 0 and rank[1] == 3
+    assert torch.equal(scores[0], torch.zeros(n))
+    assert torch.equal(indices[0], torch.arange(8))
+    mask, count, _, _ = on_cpu(torch.ops.svdprune.select_adaptive(cuda(x), 0.9, 2, -1, method))
+    assert count[0] == 2 and torch.equal(mask[0], torch.arange(n) < 2)
+
+
+def test_ties_go_to_the_lower_index():
+    x = torch.zeros(100, 8)
+    nonzero = torch.tensor([3, 10, 42, 77, 90])
+    x[nonzero] = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    indices, scores, _ = on_cpu(torch.ops.svdprune.select(cuda(x), 9, 1.0))
+    assert torch.equal(scores[torch.tensor([i for i in range(100) if i not in nonzero.tolist()])], torch.zeros(95))
+    assert indices.tolist() == [0, 1, 2, 3, 4, 10, 42, 77, 90]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("d", [1024, 40])
+def test_rank_deficient_input_gives_the_numerical_rank(method, d):
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(576, 5, generator=generator) @ torch.randn(5, d, generator=generator)
+    scores, rank = on_cpu(torch.ops.svdprune.leverage(cuda(x), 1.0, method))
+    expected_scores, expected_rank = reference.leverage(x, 1.0)
+    assert rank.item() == 5 == expected_rank.item()
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_follows_variance(dtype):
+    x = cuda(designed(300, 400, SPECTRUM).to(dtype))
+    energy = torch.tensor(SPECTRUM) ** 2
+    cumulative = torch.cumsum(energy, 0) / energy.sum()
+    for variance in (0.5, 0.8, 0.95, 0.99):
+        expected = int((cumulative < variance).sum()) + 1
+        for method in METHODS:
+            assert torch.ops.svdprune.leverage(x, variance, method)[1].item() == expected
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("min_tokens,max_tokens", [(1, -1), (40, -1), (1, 10), (0, 576)])
+def test_select_adaptive_matches_reference(method, min_tokens, max_tokens):
+    x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).float()
+    mask, count, scores, rank = on_cpu(torch.ops.svdprune.select_adaptive(cuda(x), 0.9, min_tokens, max_tokens, method))
+    expected_mask, expected_count, expected_scores, _ = reference.select_adaptive(x, 0.9, min_tokens, max_tokens)
+    assert mask.dtype == torch.bool and count.dtype == torch.int64
+    assert torch.equal(count, expected_count)
+    assert torch.equal(mask.sum(-1), count)
+    assert torch.equal(mask, expected_mask)
+
+
+def test_select_adaptive_unbatched_and_clamped():
+    x = cuda(designed(64, 128, SPECTRUM).float())
+    mask, count, scores, rank = torch.ops.svdprune.select_adaptive(x, 0.9, 1, 4)
+    assert mask.shape == (64,) and count.shape == () and scores.shape == (64,) and rank.shape == ()
+    assert count.item() <= 4 and mask.sum() == count
+
+
+@pytest.mark.parametrize("n,d", [(2048, 48), (5000, 32)])
+def test_many_tokens(n, d):
+    # 5000 tokens sort in 64 KiB of shared memory, past the default per-block limit.
+    x = designed(n, d, SPECTRUM, noise=1e-3).float()
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 64))
+    expected_scores, expected_rank = reference.leverage(x)
+    assert rank.item() == expected_rank.item()
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+    assert_top_k(indices, expected_scores, 64, tol=2e-4)
+    mask, count, _, _ = on_cpu(torch.ops.svdprune.select_adaptive(cuda(x)))
+    assert torch.equal(count, reference.select_adaptive(x)[1])
+    assert mask.sum() == count
+
+
+def test_randomized_is_deterministic_and_per_image():
+    x = cuda(designed(576, 1024, SPECTRUM, noise=1e-2, batch=2).float())
+    first = torch.ops.svdprune.leverage(x, 0.9, "randomized", False, 7)
+    again = torch.ops.svdprune.leverage(x, 0.9, "randomized", False, 7)
+    swapped = torch.ops.svdprune.leverage(x.flip(0), 0.9, "randomized", False, 7)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert torch.equal(first[1], swapped[1].flip(0))
+    torch.testing.assert_close(first[0], swapped[0].flip(0), atol=1e-6, rtol=0)
+    other_seed = torch.ops.svdprune.leverage(x, 0.9, "randomized", False, 8)
+    torch.testing.assert_close(first[0], other_seed[0], atol=1e-3, rtol=0)
+
+
+def test_randomized_rank_saturates_at_the_sketch_width_on_flat_spectra():
+    # Documented CUDA behaviour: deciding to fall back to the exact solver would need a host
+    # synchronisation, so an image whose rank exceeds the sketch gets the sketch's estimate.
+    x = cuda(torch.randn(576, 1024, generator=torch.Generator().manual_seed(0)))
+    _, exact_rank = torch.ops.svdprune.leverage(x, 0.9, "exact")
+    scores, rank = torch.ops.svdprune.leverage(x, 0.9, "randomized")
+    assert exact_rank.item() > 100
+    assert rank.item() == SKETCH_WIDTH
+    torch.testing.assert_close(scores.sum().item(), float(SKETCH_WIDTH), atol=1e-2, rtol=0)
+
+
+def test_auto_method_matches_reference():
+    x = designed(576, 1024, SPECTRUM, noise=1e-3).float()
+    indices, _, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 32, 0.9, "auto"))
+    assert torch.equal(indices, reference.select(x, 32)[0]) and rank.item() == 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cpu_and_cuda_agree(method):
+    x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).float()
+    cpu_indices, cpu_scores, cpu_rank = torch.ops.svdprune.select(x, 32, 0.9, method)
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 32, 0.9, method))
+    assert torch.equal(indices, cpu_indices) and torch.equal(rank, cpu_rank)
+    torch.testing.assert_close(scores, cpu_scores, atol=2e-4, rtol=0)
+    cpu_mask, cpu_count, _, _ = torch.ops.svdprune.select_adaptive(x, 0.9, 1, -1, method)
+    mask, count, _, _ = on_cpu(torch.ops.svdprune.select_adaptive(cuda(x), 0.9, 1, -1, method))
+    assert torch.equal(count, cpu_count) and torch.equal(mask, cpu_mask)
+
+
+def test_wrappers_forward_to_the_ops():
+    x = cuda(designed(128, 64, SPECTRUM, batch=2).float())
+    for got, want in zip(svdprune_cuda.select(x, 10, 0.8, "exact", True), torch.ops.svdprune.select(x, 10, 0.8, "exact", True)):
+        assert torch.equal(got, want)
+    for got, want in zip(svdprune_cuda.leverage(x), torch.ops.svdprune.leverage(x)):
+        assert torch.equal(got, want)
+    for got, want in zip(svdprune_cuda.select_adaptive(x, max_tokens=50), torch.ops.svdprune.select_adaptive(x, 0.9, 1, 50)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_input(method, bad):
+    x = designed(256, 512, SPECTRUM, batch=2).float()
+    x[1, 7, 3] = bad
+    x = cuda(x)
+    with pytest.raises(ValueError, match="features contains NaN or Inf"):
+        svdprune_cuda.select(x, 16, method=method)
+    # Without the wrapper's check the kernels neither fail nor hang: the image gets rank 0 and
+    # NaN scores, the other image is unaffected, and the selection is still 16 distinct tokens.
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(x, 16, 0.9, method))
+    assert rank[1] == 0 and torch.isnan(scores[1]).all()
+    assert rank[0] == 3 and torch.isfinite(scores[0]).all()
+    assert len(set(indices[1].tolist())) == 16 and 0 <= indices[1].min() and indices[1].max() < 256
+    mask, count, _, _ = on_cpu(torch.ops.svdprune.select_adaptive(x, 0.9, 1, -1, method))
+    assert count[1] == 1 and mask[1].sum() == 1
+
+
+@pytest.mark.parametrize(
+    "op,args",
+    [
+        (torch.ops.svdprune.leverage.default, (0.9, "exact", False, 0)),
+        (torch.ops.svdprune.leverage.default, (0.9, "randomized", True, 3)),
+        (torch.ops.svdprune.select.default, (6, 0.9, "exact", False, 0)),
+        (torch.ops.svdprune.select_adaptive.default, (0.9, 1, -1, "exact", False, 0)),
+    ],
+)
+@pytest.mark.parametrize("batched", [False, True])
+def test_opcheck(op, args, batched):
+    x = cuda(designed(96, 160, SPECTRUM, batch=2 if batched else None).float())
+    torch.library.opcheck(op, (x, *args))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cuda_graph_capture_and_replay(method):
+    first = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2, seed=0).half()
+    second = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2, seed=1).half()
+    static = cuda(first)
+    # Warm up on a side stream, as torch.cuda.graphs asks: handles and workspaces get created.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            torch.ops.svdprune.select(static, 32, 0.9, method)
+            torch.ops.svdprune.select_adaptive(static, 0.9, 1, -1, method)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = torch.ops.svdprune.select(static, 32, 0.9, method)
+        captured_adaptive = torch.ops.svdprune.select_adaptive(static, 0.9, 1, -1, method)
+    for data in (first, second, first):
+        static.copy_(cuda(data))
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = torch.ops.svdprune.select(static, 32, 0.9, method)
+        eager_adaptive = torch.ops.svdprune.select_adaptive(static, 0.9, 1, -1, method)
+        for got, want in zip((*captured, *captured_adaptive), (*eager, *eager_adaptive)):
+            assert torch.equal(got, want)
+        assert torch.equal(captured[0].cpu(), reference.select(data, 32)[0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_compile_fullgraph(method):
+    def keep_tokens(features):
+        indices, _, _ = torch.ops.svdprune.select(features, 16, 0.9, method)
+        return torch.gather(features, 1, indices[..., None].expand(-1, -1, features.shape[-1]))
+
+    x = cuda(designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).half())
+    compiled = torch.compile(keep_tokens, fullgraph=True)
+    assert torch.equal(compiled(x), keep_tokens(x))
+
+
+def test_meta_and_fake_shapes_match_the_cuda_outputs():
+    x = cuda(designed(96, 160, SPECTRUM, batch=3).half())
+    indices, scores, rank = torch.ops.svdprune.select(x, 12)
+    meta = torch.ops.svdprune.select(x.to("meta"), 12)
+    for real, fake in zip((indices, scores, rank), meta):
+        assert real.shape == fake.shape and real.dtype == fake.dtype
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 0), r"budget must be in \[1, N=16\], got 0"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.0), r"variance must be in \(0, 1\]"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.9, "svd"), r"method must be"),
+        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.9, "exact", False, 0, "pivoted"),
+         r"strategy='pivoted' is implemented on CPU only"),
+        (lambda: torch.ops.svdprune.select_adaptive(torch.randn(16, 8, device="cuda"), 0.9, 5, 3),
+         r"min_tokens \(5\) must not exceed max_tokens \(3\)"),
+        (lambda: torch.ops.svdprune.leverage(torch.ones(16, 8, dtype=torch.int32, device="cuda")), r"features must be float16"),
+        (lambda: torch.ops.svdprune.leverage(torch.randn(2, 16, 0, device="cuda")), r"D > 0"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call()
+
+
+def test_empty_batch():
+    x = torch.empty(0, 16, 8, device="cuda")
+    indices, scores, rank = torch.ops.svdprune.select(x, 4)
+    assert indices.shape == (0, 4) and scores.shape == (0, 16) and rank.shape == (0,)
