@@ -112,21 +112,23 @@ at::Tensor sketch_power_iterations(const at::Tensor& x, const at::Tensor& omega)
 
 // Randomized basis: Gaussian sketch (deterministic for `seed`), power iterations, then
 // Rayleigh–Ritz: with Y = X Z, the eigenpairs (λ, W) of YᵀY give singular values √λ and left
-// singular vectors Y W / √λ of X Z Zᵀ. The sketch doubles until its Ritz values capture
-// `variance` of ‖X‖_F² with kOversample columns to spare and it is twice as wide as the wanted
-// basis (pivoting leans on the trailing wanted vectors, which a tighter sketch blurs); a basis
-// too large for a sketch of min(N, D)/4 columns is computed exactly.
+// singular vectors Y W / √λ of X Z Zᵀ. The sketch starts at kInitialSketch columns, or at twice
+// the wanted basis (pivoting leans on the trailing wanted vectors, which a tighter sketch
+// blurs), and doubles until its Ritz values capture `variance` of ‖X‖_F² with kOversample
+// columns to spare; a basis too large for a sketch of min(N, D)/4 columns is computed exactly.
 Basis basis_randomized(const at::Tensor& x, double total, double variance, double slack, int64_t seed,
                        int64_t wanted) {
   const int64_t d = x.size(1), max_width = std::min(x.size(0), d) / 4;
   auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-  auto omega = at::randn({d, std::min(kInitialSketch, max_width)}, generator, x.options());
-  while (omega.size(1) >= 1) {
+  const int64_t first_width = std::min(std::max(kInitialSketch, 2 * wanted), max_width);
+  if (first_width < 1 || first_width < 2 * wanted) return basis_exact(x, total, variance, slack, wanted);
+  auto omega = at::randn({d, first_width}, generator, x.options());
+  while (true) {
     const int64_t width = omega.size(1);
     const auto y = sketch_power_iterations(x, omega);
     auto [values, vectors] = eigh_descending(at::mm(y.t(), y));
     const Cut cut = rank_cut(values, total, variance, slack);
-    if (cut.reached && cut.rank + kOversample <= width && 2 * wanted <= width) {
+    if (cut.reached && cut.rank + kOversample <= width) {
       const int64_t nonzero = count_nonzero(values, slack);
       const int64_t columns = std::max(cut.rank, std::min(wanted, nonzero));
       const auto top_values = values.narrow(0, 0, columns);
