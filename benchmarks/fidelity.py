@@ -237,7 +237,7 @@ PLOTTED = [
 STYLE = {
     PAPER_DEFAULT: ("tab:red", "-", "o"), "svd exact τ=0.99": ("tab:red", "--", "o"),
     "svd exact center τ=0.9": ("tab:purple", "-", "s"), "svd exact center τ=0.99": ("tab:purple", "--", "s"),
-    "svd pivoted exact": ("tab:blue", "-", "D"),
+    "svd pivoted exact": ("tab:cyan", "-", "D"),
     "random": ("tab:gray", "-", "x"), "uniform grid": ("tab:green", "-", "^"), "L2 norm": ("tab:orange", "-", "v"),
     "CLS attention": ("tab:brown", "-", "D"), "max-min diversity": ("tab:blue", "-", "P"),
 }
