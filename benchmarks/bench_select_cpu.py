@@ -23,20 +23,22 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble", "china", "flower
 
 def leverage_top_k(u: torch.Tensor, s: torch.Tensor, total: torch.Tensor, budget: int) -> torch.Tensor:
     rank = reference.rank_from_spectrum(s.double(), total.double(), VARIANCE)
-    keep = torch.arange(s.shape[-1]) < rank.unsqueeze(-1)
+    keep = torch.arange(s.shape[-1], device=s.device) < rank.unsqueeze(-1)
     scores = (u.square() * keep.unsqueeze(-2)).sum(-1)
     top = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :budget]
     return torch.sort(top, dim=-1).values
 
 
 def svd_pipeline(x: torch.Tensor, budget: int) -> torch.Tensor:
-    """The textbook pipeline: full thin SVD (LAPACK gesdd), rank cut, leverage, top-K."""
+    """The textbook pipeline: full thin SVD (LAPACK gesdd on CPU), rank cut, leverage, top-K, in float32."""
+    x = x.float()
     u, s, _ = torch.linalg.svd(x, full_matrices=False)
     return leverage_top_k(u, s, x.square().sum((-2, -1)), budget)
 
 
 def svd_lowrank_pipeline(x: torch.Tensor, budget: int) -> torch.Tensor:
     """torch.svd_lowrank with 96 columns and 3 power iterations (enough for the rank-68 hubble photo)."""
+    x = x.float()
     torch.manual_seed(0)
     u, s, _ = torch.svd_lowrank(x, q=96, niter=3)
     return leverage_top_k(u, s, x.square().sum((-2, -1)), budget)

@@ -5,14 +5,18 @@
 
 Skipped without a GPU. N=576, D in {1024, 4096}, B in {1, 8, 64}, fp16 and fp32, the same photo
 features as the CPU benchmark (repeated to fill the batch). Each implementation is checked
-against the float64 reference before it is timed; every timed call ends with a synchronize.
+against the float64 reference before it is timed; every timed call ends with a synchronize, so
+a round is the latency of one call from launch to finished results. "(CUDA graph)" rows replay
+a captured call, which removes the CPU's launch overhead.
 """
 
 import pytest
 import torch
 
 import svdprune_cuda
-from bench_select_cpu import BUDGET, PHOTOS, VARIANCE, check, features, leverage_top_k, svd_lowrank_pipeline, svd_pipeline
+from bench_select_cpu import (
+    BUDGET, PHOTOS, VARIANCE, check, features, leverage_top_k, svd_lowrank_pipeline, svd_pipeline,
+)
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -24,18 +28,48 @@ pytestmark = [
 
 
 def cupy_pipeline(x: torch.Tensor, budget: int) -> torch.Tensor:
-    """CuPy's batched SVD (cuSOLVER gesvdj) on the float32 features, then the same cut and top-K."""
-    cupy = pytest.importorskip("cupy")
-    u, s, _ = cupy.linalg.svd(cupy.asarray(x.float()), full_matrices=False)
-    return leverage_top_k(torch.as_tensor(u, device=x.device), torch.as_tensor(s, device=x.device),
-                          x.float().square().sum((-2, -1)), budget)
+    """CuPy's batched SVD on the float32 features (zero-copy through DLPack), then the same cut and top-K."""
+    import cupy
+
+    x = x.float().contiguous()
+    u, s, _ = cupy.linalg.svd(cupy.from_dlpack(x), full_matrices=False)
+    return leverage_top_k(torch.from_dlpack(u), torch.from_dlpack(s), x.square().sum((-2, -1)), budget)
+
+
+def svdprune_select(method: str):
+    return lambda x, k: svdprune_cuda.select(x, k, VARIANCE, method=method, check_finite=False)[0]
+
+
+def captured(run):
+    """`run` recorded in a CUDA graph on its first call (after a warm-up), replayed afterwards.
+    The graph keeps reading the input tensor it was captured with."""
+    graph, out = None, None
+
+    def replay(x, budget):
+        nonlocal graph, out
+        if graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    run(x, budget)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = run(x, budget)
+        graph.replay()
+        return out
+
+    return replay
 
 
 IMPLEMENTATIONS = {
-    "svdprune exact": lambda x, k: svdprune_cuda.select(x, k, VARIANCE, method="exact", check_finite=False)[0],
-    "svdprune randomized": lambda x, k: svdprune_cuda.select(x, k, VARIANCE, method="randomized", check_finite=False)[0],
-    "torch.linalg.svd pipeline": lambda x, k: svd_pipeline(x.float(), k),
-    "torch.svd_lowrank pipeline": lambda x, k: svd_lowrank_pipeline(x.float(), k),
+    "svdprune exact": svdprune_select("exact"),
+    "svdprune randomized": svdprune_select("randomized"),
+    "svdprune exact (CUDA graph)": svdprune_select("exact"),
+    "svdprune randomized (CUDA graph)": svdprune_select("randomized"),
+    "torch.linalg.svd pipeline": svd_pipeline,
+    "torch.svd_lowrank pipeline": svd_lowrank_pipeline,
     "cupy batched svd": cupy_pipeline,
 }
 
@@ -54,11 +88,18 @@ def synchronized(run):
 @pytest.mark.parametrize("dim", [1024, 4096])
 @pytest.mark.parametrize("batch", [1, 8, 64])
 def test_select_cuda(benchmark, implementation, dtype, dim, batch):
+    if implementation.startswith("cupy"):
+        pytest.importorskip("cupy")
     photos = features(len(PHOTOS), dim)
     x = photos.repeat((batch + len(PHOTOS) - 1) // len(PHOTOS), 1, 1)[:batch]
     x = x.to("cuda", dtype)
     run = IMPLEMENTATIONS[implementation]
-    quality = check(implementation, x.cpu(), run(x, BUDGET).cpu())
+    if implementation.endswith("(CUDA graph)"):
+        run = captured(run)  # a graph per parametrisation: it is bound to this x
+    # The batch repeats the photos, so its first len(PHOTOS) images cover every distinct input.
+    quality = check(implementation, x[: len(PHOTOS)].cpu(), synchronized(run)(x, BUDGET)[: len(PHOTOS)].cpu())
     benchmark.group = f"N=576 D={dim} B={batch} {str(dtype).removeprefix('torch.')} {torch.cuda.get_device_name()}"
     benchmark.extra_info.update(implementation=implementation, dim=dim, batch=batch, check=quality)
-    benchmark.pedantic(synchronized(run), args=(x, BUDGET), rounds=20, warmup_rounds=3)
+    # Full SVDs of 64 images take seconds: a few rounds give a stable median.
+    slow = implementation in ("torch.linalg.svd pipeline", "cupy batched svd") and batch > 1
+    benchmark.pedantic(synchronized(run), args=(x, BUDGET), rounds=3 if slow else 20, warmup_rounds=1 if slow else 3)

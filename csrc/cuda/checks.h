@@ -6,8 +6,11 @@
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace svdprune::cuda {
 
@@ -41,10 +44,28 @@ inline void check_cusolver(cusolverStatus_t status, const char* call) {
   if (status != CUSOLVER_STATUS_SUCCESS) fail("cuSOLVER", call, cusolver_status_name(status));
 }
 
+// Lets `kernel` use `bytes` of dynamic shared memory on the current device (past the 48 KiB a
+// launch may use by default). The attribute is set once per kernel, device and size, so that
+// calls made while a CUDA graph is being captured only launch kernels.
+inline void allow_dynamic_shared_memory(const void* kernel, size_t bytes) {
+  constexpr size_t kDefaultBytes = 48 * 1024;
+  if (bytes <= kDefaultBytes) return;
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> allowed;
+  const std::lock_guard<std::mutex> lock(mutex);
+  size_t& current = allowed[{kernel, device}];
+  if (bytes <= current) return;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+             "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  current = bytes;
+}
+
 }  // namespace svdprune::cuda
 
 #define SVDPRUNE_CUDA_CHECK(expr) ::svdprune::cuda::check_cuda((expr), #expr)
 #define SVDPRUNE_CUBLAS_CHECK(expr) ::svdprune::cuda::check_cublas((expr), #expr)
 #define SVDPRUNE_CUSOLVER_CHECK(expr) ::svdprune::cuda::check_cusolver((expr), #expr)
-// Kernel launches report configuration errors asynchronously-free through cudaGetLastError.
+// Launch configuration errors are reported by cudaGetLastError, which does not synchronise.
 #define SVDPRUNE_CHECK_LAUNCH(name) ::svdprune::cuda::check_cuda(cudaGetLastError(), name)

@@ -49,8 +49,6 @@ constexpr int kThreads = 256;
 // size 1), then the parts are added in a fixed order, so the result is deterministic.
 constexpr int kEnergyParts = 64;
 constexpr unsigned kFullMask = 0xffffffffu;
-// Dynamic shared memory a kernel may use without opting in to the device's larger limit.
-constexpr size_t kDefaultSharedBytes = 48 * 1024;
 
 template <typename scalar_t>
 constexpr cudaDataType kDataType = std::is_same_v<scalar_t, double> ? CUDA_R_64F : CUDA_R_32F;
@@ -457,10 +455,7 @@ void orthonormalize(const Context& ctx, scalar_t* y, int64_t batch, int64_t rows
   constexpr double kTolerance = std::is_same_v<scalar_t, double> ? 1e-24 : 1e-10;
   const int w = static_cast<int>(width);
   const size_t shared_bytes = cholesky_shared_bytes(width);
-  if (shared_bytes > kDefaultSharedBytes) {
-    SVDPRUNE_CUDA_CHECK(cudaFuncSetAttribute(cholesky_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(shared_bytes)));
-  }
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(cholesky_kernel), shared_bytes);
   for (int pass = 0; pass < passes; ++pass) {
     const double* source = nullptr;
     if constexpr (std::is_same_v<scalar_t, double>) {

@@ -12,7 +12,6 @@ namespace svdprune::cuda {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr size_t kDefaultSharedBytes = 48 * 1024;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 int64_t next_power_of_two(int64_t n) {
@@ -164,15 +163,6 @@ int shared_memory_limit() {
   return limit;
 }
 
-// Sorting more than 48 KiB of scores per block needs the kernel's opt-in to the larger
-// shared memory of the device.
-template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes) {
-  if (bytes > kDefaultSharedBytes) {
-    SVDPRUNE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  }
-}
-
 void check_tokens(DType dtype, int64_t n) {
   if (n > max_select_tokens(dtype)) {
     fail("svdprune", "select", "N=" + std::to_string(n) + " exceeds the " + std::to_string(max_select_tokens(dtype)) +
@@ -185,7 +175,7 @@ void select_top_typed(const Context& ctx, const scalar_t* scores, int64_t batch,
                       int64_t* indices) {
   const int64_t size = next_power_of_two(n);
   const size_t bytes = shared_bytes<scalar_t>(size);
-  allow_shared_memory(select_top_kernel<scalar_t>, bytes);
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(select_top_kernel<scalar_t>), bytes);
   select_top_kernel<scalar_t><<<static_cast<unsigned>(batch), kThreads, bytes, ctx.stream>>>(
       scores, static_cast<int>(n), static_cast<int>(size), static_cast<int>(budget), indices);
   SVDPRUNE_CHECK_LAUNCH("select_top_kernel");
@@ -196,7 +186,7 @@ void select_adaptive_typed(const Context& ctx, const scalar_t* scores, const int
                            double variance, int64_t min_tokens, int64_t max_tokens, bool* mask, int64_t* count) {
   const int64_t size = next_power_of_two(n);
   const size_t bytes = shared_bytes<scalar_t>(size);
-  allow_shared_memory(select_adaptive_kernel<scalar_t>, bytes);
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(select_adaptive_kernel<scalar_t>), bytes);
   select_adaptive_kernel<scalar_t><<<static_cast<unsigned>(batch), kThreads, bytes, ctx.stream>>>(
       scores, rank, static_cast<int>(n), static_cast<int>(size), variance, min_tokens, max_tokens, mask, count);
   SVDPRUNE_CHECK_LAUNCH("select_adaptive_kernel");
