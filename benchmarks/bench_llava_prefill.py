@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from transformers.generation.streamers import BaseStreamer
 
 import svdprune_cuda
 from svdprune import images, llava
+from svdprune_cuda.info import cpu_name
 
 ROOT = Path(__file__).resolve().parent
 IMAGE_TOKEN_ID = 32000  # llava-hf/llava-1.5-7b-hf: <image> is the first added token
@@ -180,12 +180,7 @@ def run(args) -> dict:
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     threads = torch.get_num_threads()
     return (f"{cpu}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''}, no GPU, "

@@ -34,6 +34,7 @@ import torch
 
 import svdprune_cuda
 from svdprune import baselines, images
+from svdprune_cuda.info import cpu_name
 
 ROOT = Path(__file__).resolve().parent
 PAPER_DEFAULT = "svd exact τ=0.9"
@@ -304,12 +305,7 @@ def plot_overlays(image: np.ndarray, photo: str, kept: dict, view_label: str, bu
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {gpu}; the CLIP tower on {torch.get_num_threads()} torch threads, "
             f"selections and metrics on one; Python {platform.python_version()}, torch {torch.__version__}")

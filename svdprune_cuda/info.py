@@ -10,6 +10,15 @@ import svdprune_cuda
 from svdprune_cuda import _build_config, _C
 
 
+def cpu_name() -> str:
+    """The processor's model name from /proc/cpuinfo, or what ``platform`` knows of it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def build_info() -> dict[str, object]:
     cusolver = _C.cusolver_version()
     return {
@@ -21,6 +30,7 @@ def build_info() -> dict[str, object]:
         "CUDA arch list": _build_config.CUDA_ARCH_LIST or "-",
         "cuSOLVER": "-" if cusolver is None else f"{cusolver // 1000}.{cusolver % 1000 // 100}.{cusolver % 100}",
         "CUDA kernels registered": torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA"),
+        "CPU": cpu_name(),
         "GPU": torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible",
     }
 
