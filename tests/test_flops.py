@@ -55,10 +55,10 @@ def test_selection_exact_by_hand():
 
 
 def test_selection_randomized_by_hand():
-    # n=6, d=5, l=2, q=1: sketch products 2*6*5*2*4 = 480; QRs 2*(96 - 32/3) + (80 - 32/3);
-    # small Gram 2*4*5 = 40; its eigensolver 9*8 = 72; U = Q V 2*6*4 = 48
+    # n=6, d=5, l=2, q=1: products X Omega, X^T Q, X Z: 2*6*5*2*3 = 360; QRs (96 - 32/3) + (80 - 32/3);
+    # small Gram Y^T Y 2*6*4 = 48; its eigensolver 9*8 = 72; U = Y W 2*6*4 = 48
     value = flops.selection_flops(6, 5, "randomized", sketch=2, power_iterations=1)
-    assert value == pytest.approx(480 + 2 * (96 - 32 / 3) + (80 - 32 / 3) + 40 + 72 + 48)
+    assert value == pytest.approx(360 + (96 - 32 / 3) + (80 - 32 / 3) + 48 + 72 + 48)
 
 
 def test_llava_flops_sums_its_stages():

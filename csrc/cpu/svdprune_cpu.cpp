@@ -17,10 +17,12 @@ namespace svdprune {
 namespace {
 
 // Randomized range finder settings. At variance 0.9 raw photo patches have rank 1-2 and
-// feature-like views of photos mostly 3-20, so a first sketch of 16 columns often suffices;
-// it doubles while fewer than kOversample columns remain beyond the rank. Past a quarter of min(N, D) the sketch saves little over
-// the exact Gram eigensolver, which then takes over (flat spectra, e.g. noise).
-constexpr int64_t kInitialSketch = 16;
+// feature-like views of photos mostly 3-20; the sketch doubles while fewer than kOversample
+// columns remain beyond the rank. Its cost is set by the passes over X (7 per sketch) far more
+// than by its width (a 32-column pass costs about 1.5 times a 16-column one), so the first
+// sketch is wide enough for ranks up to 24 rather than 8: a second sketch costs more than the
+// extra width.
+constexpr int64_t kInitialSketch = 32;
 constexpr int64_t kOversample = 8;
 constexpr int64_t kPowerIterations = 3;
 
@@ -54,6 +56,21 @@ std::pair<at::Tensor, at::Tensor> eigh_descending(const at::Tensor& gram) {
 // Lower triangle of X Xᵀ, the part the eigensolver reads, one row block at a time: with
 // kGramBlocks blocks this costs (kGramBlocks + 1) / (2 kGramBlocks) of a full GEMM.
 constexpr int64_t kGramBlocks = 4;
+
+// Work, in FLOPs, that decides between another sketch and the exact solver. The exact path
+// forms the lower-triangular Gram of the smaller side and runs a symmetric eigensolver (about
+// 9 m³). A sketch makes 2q + 1 products of X with `width` columns; such skinny products and the
+// QRs between them run at about half the rate of the Gram GEMM and the eigensolver, hence the
+// factor 2 (measured on N = 576, D = 1024 and 4096, see benchmarks/RESULTS.md).
+double exact_flops(int64_t n, int64_t d) {
+  const double m = static_cast<double>(std::min(n, d)), l = static_cast<double>(std::max(n, d));
+  return 2.0 * m * m * l * (kGramBlocks + 1) / (2 * kGramBlocks) + 9.0 * m * m * m;
+}
+
+double sketch_flops(int64_t n, int64_t d, int64_t width) {
+  return 2.0 * 2.0 * static_cast<double>(n) * static_cast<double>(d) * static_cast<double>(width) *
+         (2 * kPowerIterations + 1);
+}
 
 at::Tensor gram_lower(const at::Tensor& x) {
   const int64_t n = x.size(0);
@@ -115,16 +132,19 @@ at::Tensor sketch_power_iterations(const at::Tensor& x, const at::Tensor& omega)
 // singular vectors Y W / √λ of X Z Zᵀ. The sketch starts at kInitialSketch columns, or at twice
 // the wanted basis (pivoting leans on the trailing wanted vectors, which a tighter sketch
 // blurs), and doubles until its Ritz values capture `variance` of ‖X‖_F² with kOversample
-// columns to spare; a basis too large for a sketch of min(N, D)/4 columns is computed exactly.
+// columns to spare. Once the sketches, the next one included, would cost more than the exact
+// solver (high ranks, flat spectra such as noise, wide pivoting bases), the exact solver runs.
 Basis basis_randomized(const at::Tensor& x, double total, double variance, double slack, int64_t seed,
                        int64_t wanted) {
-  const int64_t d = x.size(1), max_width = std::min(x.size(0), d) / 4;
+  const int64_t n = x.size(0), d = x.size(1);
+  const double exact_cost = exact_flops(n, d);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-  const int64_t first_width = std::min(std::max(kInitialSketch, 2 * wanted), max_width);
-  if (first_width < 1 || first_width < 2 * wanted) return basis_exact(x, total, variance, slack, wanted);
-  auto omega = at::randn({d, first_width}, generator, x.options());
-  while (true) {
-    const int64_t width = omega.size(1);
+  at::Tensor omega = at::empty({d, 0}, x.options());
+  double spent = 0.0;
+  for (int64_t width = std::max(kInitialSketch, 2 * wanted);
+       width <= std::min(n, d) && spent + sketch_flops(n, d, width) <= exact_cost; width *= 2) {
+    // New columns are appended, so a wider sketch refines the narrower one.
+    omega = at::cat({omega, at::randn({d, width - omega.size(1)}, generator, x.options())}, 1);
     const auto y = sketch_power_iterations(x, omega);
     auto [values, vectors] = eigh_descending(at::mm(y.t(), y));
     const Cut cut = rank_cut(values, total, variance, slack);
@@ -136,9 +156,7 @@ Basis basis_randomized(const at::Tensor& x, double total, double variance, doubl
           at::where(top_values > values[0] * slack, top_values.rsqrt(), at::zeros_like(top_values));
       return {at::mm(y, vectors.narrow(1, 0, columns)) * inverse_sigma, cut.rank, nonzero};
     }
-    if (2 * width > max_width) break;
-    // The first columns are kept, so a wider sketch refines the narrower one.
-    omega = at::cat({omega, at::randn({d, width}, generator, x.options())}, 1);
+    spent += sketch_flops(n, d, width);
   }
   return basis_exact(x, total, variance, slack, wanted);
 }

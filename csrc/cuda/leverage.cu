@@ -25,20 +25,20 @@
 namespace svdprune::cuda {
 namespace {
 
-// Randomized range finder. The sketch widths are those of the CPU backend: kInitialSketch
-// columns, doubled while they stay within min(N, D)/4; the CPU tries them one after the
-// other and reads the rank back after each. Here that read-back would be a host
-// synchronisation, so the widest of them is used at once (up to kMaxSketch, and up to what
-// the device's shared memory can factorise; 128 columns on sm_80 and later GPUs, which is the
-// CPU's widest sketch for N = 576). A wider sketch only refines a narrower one, so every
-// image the CPU accepts at some width is at least as well resolved here. An image whose rank
-// does not fit the sketch with kOversample columns to spare (flat spectra, e.g. noise), which
-// the CPU hands to the exact solver, keeps the sketch's estimate: the cut among its Ritz
-// values, or the full width when they do not reach `variance` of the energy. Falling back to
-// the exact solver would need that same read-back, and running it on every call would cost
-// the exact path's full price. Widths of at most kOversample could accept no rank on the CPU
-// either; those shapes take the exact path.
-constexpr int64_t kInitialSketch = 16;
+// Randomized range finder. The sketch widths follow the CPU backend's: kInitialSketch
+// columns, doubled. The CPU tries them one after the other, reads the rank back after each,
+// and hands the image to the exact solver once another sketch would cost more than that solver;
+// here that read-back would be a host synchronisation, so the widest sketch within min(N, D)/4
+// is used at once (up to kMaxSketch, and up to what the device's shared memory can factorise;
+// 128 columns on sm_80 and later GPUs for N = 576, at least as wide as any the CPU runs). A
+// wider sketch only refines a narrower one, so every image the CPU accepts at some width is at
+// least as well resolved here. An image whose rank does not fit the sketch with kOversample
+// columns to spare (flat spectra, e.g. noise), which the CPU hands to the exact solver, keeps
+// the sketch's estimate: the cut among its Ritz values, or the full width when they do not
+// reach `variance` of the energy. Falling back to the exact solver would need that same
+// read-back, and running it on every call would cost the exact path's full price. Widths of at
+// most kOversample could accept no rank on the CPU either; those shapes take the exact path.
+constexpr int64_t kInitialSketch = 32;
 constexpr int64_t kOversample = 8;
 constexpr int64_t kMaxSketch = 128;
 // Each iteration applies G = X Xᵀ once, like one iteration of the CPU backend.

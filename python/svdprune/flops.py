@@ -23,10 +23,11 @@ Selection cost for one ``N x D`` image (``N`` tokens of ``D`` features):
 
 - exact: Gram matrix ``X X^T`` (``2 N^2 D``) and a symmetric eigensolver with eigenvectors,
   ``~9 N^3`` (Golub & Van Loan, symmetric QR algorithm); ``N <-> D`` when ``D < N``;
-- randomized, sketch width ``l``, ``q`` power iterations: ``2 N D l (2q + 2)`` for the
-  products with ``X`` and ``X^T``, ``2q + 1`` Householder QRs with explicit Q
-  (``4 m l^2 - 4 l^3 / 3`` each), the small Gram ``2 l^2 D``, its eigensolver ``9 l^3`` and
-  ``U = Q V`` (``2 N l^2``).
+- randomized, sketch width ``l``, ``q`` power iterations, as the CPU kernel runs it:
+  ``2 N D l (2q + 1)`` for the products with ``X`` and ``X^T`` (``X Omega``, then ``X^T Q`` and
+  ``X Z`` per iteration, the last ``Y = X Z`` feeding Rayleigh-Ritz), ``q`` Householder QRs of
+  ``N x l`` and ``q`` of ``D x l`` blocks with explicit Q (``4 m l^2 - 4 l^3 / 3`` each), the small
+  Gram ``Y^T Y`` (``2 N l^2``), its eigensolver ``9 l^3`` and ``U = Y W`` (``2 N l^2``).
 
 Run ``python -m svdprune.flops --help``.
 """
@@ -194,10 +195,10 @@ def selection_flops(tokens: int, features: int, method: str = "exact", sketch: i
     if method == "randomized":
         width, q = min(sketch, n, d), power_iterations
         return (
-            2 * n * d * width * (2 * q + 2)
-            + (q + 1) * _qr_flops(n, width)
+            2 * n * d * width * (2 * q + 1)
+            + q * _qr_flops(n, width)
             + q * _qr_flops(d, width)
-            + 2 * width * width * d
+            + 2 * n * width * width
             + 9 * width**3
             + 2 * n * width * width
         )
@@ -362,9 +363,9 @@ def report(budgets=BUDGETS, text_tokens: int = 64, decode_tokens: int = 32, targ
         "projections 8nh², attention scores and values 4n²h (the full square), SwiGLU MLP 6nhm; prefill "
         "computes logits for the last position only. Vision = CLIP ViT-L/14-336 (577 tokens, all 24 layers run) + "
         "the 2-layer projector on all 576 patches (selection on the projector output). Selection on the 576 x 4096 "
-        "projector output: exact = Gram 2N²D + eigensolver 9N³; randomized = 2NDl(2q+2) + QRs + small eigensolver "
-        "with a sketch of l = 32 columns and q = 3 power iterations (the CPU kernel starts at 16 columns and "
-        "doubles until the rank + 8 fit; 32 is typical at τ = 0.9). Decode: each new token attends to the prompt and the "
+        "projector output: exact = Gram 2N²D + eigensolver 9N³; randomized = 2NDl(2q+1) + QRs + small eigensolver "
+        "with a sketch of l = 32 columns and q = 3 power iterations (the CPU kernel's first sketch; it doubles "
+        "only when the rank + 8 do not fit, which at τ = 0.9 is rare on photos). Decode: each new token attends to the prompt and the "
         "tokens before it (KV cache).",
         "",
         f"## Per budget, prompt of {text_tokens} text tokens (then also {decode_tokens} decoded tokens)",
