@@ -181,6 +181,22 @@ def test_variance_one_gives_the_numerical_rank(method):
     assert rank.item() == 5 == reference.leverage(x, 1.0)[1].item()
 
 
+def test_energy_is_exact_enough_for_a_tight_cut():
+    # A float32 dot product over 576 x 4096 entries is off by ~1e-4 relative (by an amount that
+    # depends on the thread count); on this spectrum the cut at 0.999 passes 14 directions by 1e-4
+    # of the energy, so the total must be accumulated in double.
+    x = designed(576, 4096, torch.logspace(0, -2, 20).tolist(), seed=1).float()
+    assert reference.leverage(x, 0.999)[1].item() == 15
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            for method in METHODS:
+                assert torch.ops.svdprune.leverage(x, 0.999, method)[1].item() == 15, (count, method)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rank_follows_variance(dtype):
     x = designed(300, 400, SPECTRUM).to(dtype)
