@@ -23,7 +23,7 @@ fi
 mkdir -p "$build_dir"
 # A cache written for another checkout makes CMake refuse to configure: start that one afresh.
 if [ -f "$build_dir/CMakeCache.txt" ] &&
-   ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$PWD" "$build_dir/CMakeCache.txt"; then
+   ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$PWD" "$build_dir/CMakeCache.txt"; then
   rm -rf "$build_dir/CMakeCache.txt" "$build_dir/CMakeFiles"
 fi
 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B "$build_dir" "${args[@]}" > "$build_dir/configure.log" 2>&1 ||
