@@ -146,15 +146,11 @@ def score_gqa(answers: list[dict], annotations: dict) -> dict:
     Returns ``accuracy`` over the answered questions found in the annotations, ``count`` of them
     and ``unmatched``: answered questions missing from the annotations.
     """
-    correct, count, unmatched = 0, 0, 0
-    for answer in answers:
-        gold = annotations.get(str(answer["question_id"]))
-        if gold is None:
-            unmatched += 1
-            continue
-        count += 1
-        correct += gqa_correct(answer["text"], gold["answer"])
-    return {"accuracy": correct / count if count else float("nan"), "count": count, "unmatched": unmatched}
+    return _mean_score(
+        answers,
+        find=lambda answer: annotations.get(str(answer["question_id"])),
+        score=lambda answer, gold: gqa_correct(answer["text"], gold["answer"]),
+    )
 
 
 def score_textvqa(answers: list[dict], annotations: dict) -> dict:
@@ -168,13 +164,23 @@ def score_textvqa(answers: list[dict], annotations: dict) -> dict:
     entries = annotations["data"] if isinstance(annotations, dict) else annotations
     by_image_and_question = {(str(e["image_id"]), e["question"].lower()): e for e in entries}
     by_question_id = {str(e["question_id"]): e for e in entries if "question_id" in e}
+
+    def find(answer: dict) -> dict | None:
+        key = (str(answer["question_id"]), textvqa_question(answer["prompt"]))
+        return by_image_and_question.get(key) or by_question_id.get(str(answer["question_id"]))
+
+    return _mean_score(answers, find, score=lambda answer, entry: vqa_accuracy(answer["text"], entry["answers"]))
+
+
+def _mean_score(answers: list[dict], find, score) -> dict:
+    """Mean of ``score(answer, entry)`` over the answers whose annotation ``find(answer)`` locates;
+    the others are counted as ``unmatched``."""
     total, count, unmatched = 0.0, 0, 0
     for answer in answers:
-        key = (str(answer["question_id"]), textvqa_question(answer["prompt"]))
-        entry = by_image_and_question.get(key) or by_question_id.get(str(answer["question_id"]))
+        entry = find(answer)
         if entry is None:
             unmatched += 1
             continue
         count += 1
-        total += vqa_accuracy(answer["text"], entry["answers"])
+        total += score(answer, entry)
     return {"accuracy": total / count if count else float("nan"), "count": count, "unmatched": unmatched}
