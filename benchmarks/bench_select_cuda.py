@@ -7,7 +7,8 @@ Skipped without a GPU. N=576, D in {1024, 4096}, B in {1, 8, 64}, fp16 and fp32,
 features as the CPU benchmark (repeated to fill the batch). Each implementation is checked
 against the float64 reference before it is timed; every timed call ends with a synchronize, so
 a round is the latency of one call from launch to finished results. "(CUDA graph)" rows replay
-a captured call, which removes the CPU's launch overhead.
+a captured call, which removes the CPU's launch overhead. "pivoted" rows are
+select(strategy="pivoted"), to show its cost next to the paper's top-K leverage.
 """
 
 import pytest
@@ -36,8 +37,8 @@ def cupy_pipeline(x: torch.Tensor, budget: int) -> torch.Tensor:
     return leverage_top_k(torch.from_dlpack(u), torch.from_dlpack(s), x.square().sum((-2, -1)), budget)
 
 
-def svdprune_select(method: str):
-    return lambda x, k: svdprune_cuda.select(x, k, VARIANCE, method=method, check_finite=False)[0]
+def svdprune_select(method: str, strategy: str = "leverage"):
+    return lambda x, k: svdprune_cuda.select(x, k, VARIANCE, method=method, strategy=strategy, check_finite=False)[0]
 
 
 def captured(run):
@@ -68,6 +69,8 @@ IMPLEMENTATIONS = {
     "svdprune randomized": svdprune_select("randomized"),
     "svdprune exact (CUDA graph)": svdprune_select("exact"),
     "svdprune randomized (CUDA graph)": svdprune_select("randomized"),
+    "svdprune exact pivoted": svdprune_select("exact", "pivoted"),
+    "svdprune randomized pivoted": svdprune_select("randomized", "pivoted"),
     "torch.linalg.svd pipeline": svd_pipeline,
     "torch.svd_lowrank pipeline": svd_lowrank_pipeline,
     "cupy batched svd": cupy_pipeline,

@@ -7,16 +7,11 @@ import pytest
 import torch
 
 import svdprune_cuda
+from devices import needs_cuda
 from svdprune_cuda import reference
 from test_ops import SPECTRUM, assert_top_k, designed, lifted, score_tolerance
 
-pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(
-        not torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA"),
-        reason="svdprune_cuda was built without its CUDA kernels",
-    ),
-]
+pytestmark = needs_cuda
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 METHODS = ["exact", "randomized"]
@@ -346,8 +341,6 @@ def test_meta_and_fake_shapes_match_the_cuda_outputs():
         (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 0), r"budget must be in \[1, N=16\], got 0"),
         (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.0), r"variance must be in \(0, 1\]"),
         (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.9, "svd"), r"method must be"),
-        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.9, "exact", False, 0, "pivoted"),
-         r"strategy='pivoted' is implemented on CPU only"),
         (lambda: torch.ops.svdprune.select_adaptive(torch.randn(16, 8, device="cuda"), 0.9, 5, 3),
          r"min_tokens \(5\) must not exceed max_tokens \(3\)"),
         (lambda: torch.ops.svdprune.leverage(torch.ones(16, 8, dtype=torch.int32, device="cuda")), r"features must be float16"),

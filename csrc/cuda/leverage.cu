@@ -8,8 +8,10 @@
 //               step, then Rayleigh–Ritz on the small width×width matrix QᵀGQ.
 // The rank cut and the leverage scores then come from one kernel per image. When G is
 // XᵀX, its eigenvectors are the right singular vectors V and U_k = X V_k / sigma_k.
-// ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself.
+// ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself. For
+// select(strategy="pivoted"), a second kernel per image pivots on the same eigenpairs.
 #include "checks.h"
+#include "pivot.cuh"
 #include "svdprune_cuda.h"
 
 #include <cuda_bf16.h>
@@ -76,6 +78,24 @@ int to_int(int64_t value, const char* what) {
 int blocks_for(int64_t count, int threads) {
   return static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 65535));
 }
+
+// Shared memory one block may opt into on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+size_t shared_memory_limit() {
+  int device = 0, limit = 0;
+  SVDPRUNE_CUDA_CHECK(cudaGetDevice(&device));
+  SVDPRUNE_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return static_cast<size_t>(limit);
+}
+
+// What one call writes: scores [batch, n] and rank [batch] and, with pivot_budget > 0, the
+// pivot scores [batch, n] of pivot_kernel.
+template <typename scalar_t>
+struct Outputs {
+  scalar_t* scores;
+  int64_t* rank;
+  int64_t pivot_budget;
+  scalar_t* pivot_scores;
+};
 
 // ---------------------------------------------------------------------------------------
 // Small device helpers
@@ -292,10 +312,7 @@ __global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, cons
   __shared__ bool shared_valid;
   __shared__ double shared_floor;
   if (threadIdx.x < 32) {
-    double total = 0.0;
-    if (threadIdx.x == 0) {
-      for (int p = 0; p < kEnergyParts; ++p) total += energy_parts[image * kEnergyParts + p];
-    }
+    double total = threadIdx.x == 0 ? image_energy(energy_parts, kEnergyParts, image) : 0.0;
     total = __shfl_sync(kFullMask, total, 0);
     const bool valid = isfinite(total) && info[image] == 0;
     int64_t k = 0;
@@ -327,6 +344,7 @@ __global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, cons
   }
   if (threadIdx.x == 0) rank[image] = k;
 }
+
 
 // ---------------------------------------------------------------------------------------
 // Library calls
@@ -412,13 +430,12 @@ void gram(const Context& ctx, const Features& f, scalar_t* g) {
   }
 }
 
-// Scores and rank from `count` eigenpairs of G per image: `values` [batch, count] ascending,
-// `basis` [batch] m×count. For n ≤ d the basis holds left singular vectors; otherwise right
-// ones, and the scores use X V / sigma.
+// Scores and rank (and the pivot scores, when asked for) from `count` eigenpairs of G per
+// image: `values` [batch, count] ascending, `basis` [batch] m×count. For n ≤ d the basis holds
+// left singular vectors; otherwise right ones, and the scores use X V / sigma.
 template <typename scalar_t>
 void finish(const Context& ctx, const Features& f, const scalar_t* values, int64_t count, const scalar_t* basis,
-            const int* info, const double* energy_parts, double variance, double slack, scalar_t* scores,
-            int64_t* rank) {
+            const int* info, const double* energy_parts, double variance, double slack, const Outputs<scalar_t>& out) {
   constexpr cudaDataType type = kDataType<scalar_t>;
   const scalar_t* vectors = basis;
   const bool right_vectors = f.n > f.d;
@@ -430,18 +447,33 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
     vectors = projected;
   }
   rank_leverage_kernel<scalar_t><<<static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream>>>(
-      values, count, vectors, f.n, energy_parts, info, variance, slack, right_vectors, scores, rank);
+      values, count, vectors, f.n, energy_parts, info, variance, slack, right_vectors, out.scores, out.rank);
   SVDPRUNE_CHECK_LAUNCH("rank_leverage_kernel");
+  if (out.pivot_budget == 0) return;
+
+  // The rows of U_m go to shared memory where they fit (64 × 576 in float on sm_90), else to
+  // global memory, where the block's working set stays in L2.
+  const int64_t max_pivots = std::min(out.pivot_budget, count);
+  constexpr size_t kStaticShared = 1024;
+  const bool rows_in_shared =
+      pivot_shared_bytes(f.n, max_pivots, sizeof(scalar_t), true) + kStaticShared <= shared_memory_limit();
+  const size_t shared_bytes = pivot_shared_bytes(f.n, max_pivots, sizeof(scalar_t), rows_in_shared);
+  scalar_t* workspace = rows_in_shared ? nullptr : allocate<scalar_t>(ctx, f.batch * max_pivots * f.n);
+  allow_dynamic_shared_memory(reinterpret_cast<const void*>(pivot_kernel<scalar_t>), shared_bytes);
+  pivot_kernel<scalar_t><<<static_cast<unsigned>(f.batch), kThreads, shared_bytes, ctx.stream>>>(
+      values, count, vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, right_vectors,
+      static_cast<int>(max_pivots), rows_in_shared, workspace, out.scores, out.pivot_scores);
+  SVDPRUNE_CHECK_LAUNCH("pivot_kernel");
 }
 
 template <typename scalar_t>
 void leverage_exact(const Context& ctx, const Features& f, scalar_t* g, const double* energy_parts, double variance,
-                    double slack, scalar_t* scores, int64_t* rank) {
+                    double slack, const Outputs<scalar_t>& out) {
   const int64_t m = std::min(f.n, f.d);
   scalar_t* values = allocate<scalar_t>(ctx, f.batch * m);
   int* info = allocate<int>(ctx, f.batch);
   eigh_batched(ctx, m, f.batch, g, values, info);
-  finish(ctx, f, values, m, g, info, energy_parts, variance, slack, scores, rank);
+  finish(ctx, f, values, m, g, info, energy_parts, variance, slack, out);
 }
 
 // Makes the columns of every rows×width matrix of `y` orthonormal in place (CholeskyQR with
@@ -480,8 +512,7 @@ void orthonormalize(const Context& ctx, scalar_t* y, int64_t batch, int64_t rows
 
 template <typename scalar_t>
 void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* g, int64_t width, uint64_t seed,
-                         const double* energy_parts, double variance, double slack, scalar_t* scores,
-                         int64_t* rank) {
+                         const double* energy_parts, double variance, double slack, const Outputs<scalar_t>& out) {
   constexpr cudaDataType type = kDataType<scalar_t>;
   const int64_t m = std::min(f.n, f.d), batch = f.batch, block = m * width;
   scalar_t* omega = allocate<scalar_t>(ctx, block);
@@ -520,12 +551,12 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   eigh_batched(ctx, width, batch, c, ritz_values, info);
   gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, m, width, width, q, type, m, block, c, type, width, width * width, y, type, m,
        block, batch);
-  finish(ctx, f, ritz_values, width, y, info, energy_parts, variance, slack, scores, rank);
+  finish(ctx, f, ritz_values, width, y, info, energy_parts, variance, slack, out);
 }
 
 template <typename scalar_t>
 void leverage_typed(const Context& ctx, const Features& f, double variance, double slack, int64_t width,
-                    uint64_t seed, scalar_t* scores, int64_t* rank) {
+                    uint64_t seed, const Outputs<scalar_t>& out) {
   double* energy_parts = allocate<double>(ctx, f.batch * kEnergyParts);
   const dim3 grid(static_cast<unsigned>(f.batch), kEnergyParts);
   const int64_t elements = f.n * f.d;
@@ -550,20 +581,18 @@ void leverage_typed(const Context& ctx, const Features& f, double variance, doub
   scalar_t* g = allocate<scalar_t>(ctx, f.batch * m * m);
   gram(ctx, f, g);
   if (width == 0) {
-    leverage_exact(ctx, f, g, energy_parts, variance, slack, scores, rank);
+    leverage_exact(ctx, f, g, energy_parts, variance, slack, out);
   } else {
-    leverage_randomized(ctx, f, g, width, seed, energy_parts, variance, slack, scores, rank);
+    leverage_randomized(ctx, f, g, width, seed, energy_parts, variance, slack, out);
   }
 }
 
 }  // namespace
 
 int64_t sketch_width(int64_t rank_bound) {
-  int device = 0, shared_limit = 0;
-  SVDPRUNE_CUDA_CHECK(cudaGetDevice(&device));
-  SVDPRUNE_CUDA_CHECK(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t shared_limit = shared_memory_limit();
   int64_t largest = kMaxSketch;
-  while (largest > kInitialSketch && cholesky_shared_bytes(largest) > static_cast<size_t>(shared_limit)) largest /= 2;
+  while (largest > kInitialSketch && cholesky_shared_bytes(largest) > shared_limit) largest /= 2;
   const int64_t limit = std::min(rank_bound / 4, largest);
   int64_t width = std::min(kInitialSketch, limit);
   while (width > 0 && 2 * width <= limit) width *= 2;
@@ -571,15 +600,20 @@ int64_t sketch_width(int64_t rank_bound) {
 }
 
 void leverage(const Context& ctx, const Features& features, double variance, double slack, int64_t width,
-              uint64_t seed, void* scores, int64_t* rank) {
+              uint64_t seed, void* scores, int64_t* rank, int64_t pivot_budget, void* pivot_scores) {
   if (features.batch == 0) return;
   if (width < 0 || width > kMaxSketch || width > std::min(features.n, features.d)) {
     fail("svdprune", "leverage", "invalid sketch width " + std::to_string(width));
   }
+  if (pivot_budget < 0 || pivot_budget > features.n || (pivot_budget > 0) != (pivot_scores != nullptr)) {
+    fail("svdprune", "leverage", "invalid pivot budget " + std::to_string(pivot_budget));
+  }
   if (features.dtype == DType::Double) {
-    leverage_typed(ctx, features, variance, slack, width, seed, static_cast<double*>(scores), rank);
+    leverage_typed(ctx, features, variance, slack, width, seed,
+                   Outputs<double>{static_cast<double*>(scores), rank, pivot_budget, static_cast<double*>(pivot_scores)});
   } else {
-    leverage_typed(ctx, features, variance, slack, width, seed, static_cast<float*>(scores), rank);
+    leverage_typed(ctx, features, variance, slack, width, seed,
+                   Outputs<float>{static_cast<float*>(scores), rank, pivot_budget, static_cast<float*>(pivot_scores)});
   }
 }
 

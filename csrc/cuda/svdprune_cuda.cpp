@@ -13,7 +13,6 @@
 #include <string_view>
 #include <tuple>
 #include <unordered_map>
-#include <utility>
 #include <vector>
 
 namespace svdprune {
@@ -86,9 +85,16 @@ at::ScalarType compute_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Scores [B, N] and rank [B] of a [B, N, D] batch; the caller holds a guard for its device.
-std::pair<at::Tensor, at::Tensor> leverage_batch(const at::Tensor& x, double variance, std::string_view method_name,
-                                                 bool center, int64_t seed) {
+struct Analysis {
+  at::Tensor scores;        // [B, N]
+  at::Tensor rank;          // [B]
+  at::Tensor pivot_scores;  // [B, N], when a pivoted selection was asked for (see cuda::leverage)
+};
+
+// Leverage scores and rank of a [B, N, D] batch and, with pivot_budget > 0, the pivot scores
+// of a pivoted selection of that many tokens; the caller holds a guard for the batch's device.
+Analysis analyze_batch(const at::Tensor& x, double variance, std::string_view method_name, bool center, int64_t seed,
+                       int64_t pivot_budget) {
   check_variance(variance);
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2);
   const Method method = resolve_method(method_name, /*is_cuda=*/true, n, d);
@@ -96,9 +102,9 @@ std::pair<at::Tensor, at::Tensor> leverage_batch(const at::Tensor& x, double var
               " on CUDA, got N=", n, ", D=", d);
   const auto compute = compute_type(x);
   const double slack = compute == at::kDouble ? kRankSlackDouble : kRankSlackFloat;
-  auto scores = at::empty({batch, n}, x.options().dtype(compute));
-  auto rank = at::empty({batch}, x.options().dtype(at::kLong));
-  if (batch == 0) return {scores, rank};
+  Analysis out{at::empty({batch, n}, x.options().dtype(compute)), at::empty({batch}, x.options().dtype(at::kLong)),
+               pivot_budget > 0 ? at::empty({batch, n}, x.options().dtype(compute)) : at::Tensor()};
+  if (batch == 0) return out;
 
   // The Gram product reads 16-bit features as they are. Centring, and the product U = X V
   // that recovers left singular vectors when D < N, need them in the compute dtype.
@@ -111,13 +117,17 @@ std::pair<at::Tensor, at::Tensor> leverage_batch(const at::Tensor& x, double var
   } else {
     work = x.contiguous();
   }
-  const int64_t width = method == Method::Randomized ? cuda::sketch_width(std::min(n, d)) : 0;
+  int64_t width = method == Method::Randomized ? cuda::sketch_width(std::min(n, d)) : 0;
+  // Pivoting leans on the trailing vectors of its basis, which a sketch blurs unless it is twice
+  // as wide as the basis (as on the CPU); a narrower sketch gives way to the exact path.
+  if (width < 2 * pivot_budget) width = 0;
 
   Buffers buffers(x);
   cuda::leverage(buffers.context(), {work.const_data_ptr(), dtype_of(work.scalar_type()), batch, n, d}, variance,
-                 slack, width, static_cast<uint64_t>(seed), scores.mutable_data_ptr(),
-                 rank.mutable_data_ptr<int64_t>());
-  return {scores, rank};
+                 slack, width, static_cast<uint64_t>(seed), out.scores.mutable_data_ptr(),
+                 out.rank.mutable_data_ptr<int64_t>(), pivot_budget,
+                 pivot_budget > 0 ? out.pivot_scores.mutable_data_ptr() : nullptr);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> leverage_cuda(const at::Tensor& features, double variance,
@@ -125,27 +135,28 @@ std::tuple<at::Tensor, at::Tensor> leverage_cuda(const at::Tensor& features, dou
   const auto x = batched_features(features);
   check_on_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
-  auto [scores, rank] = leverage_batch(x, variance, method, center, seed);
-  return {unbatch(scores, features), unbatch(rank, features)};
+  const auto a = analyze_batch(x, variance, method, center, seed, 0);
+  return {unbatch(a.scores, features), unbatch(a.rank, features)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> select_cuda(const at::Tensor& features, int64_t budget, double variance,
                                                            c10::string_view method, bool center, int64_t seed,
-                                                           c10::string_view strategy) {
+                                                           c10::string_view strategy_name) {
   const auto x = batched_features(features);
   check_budget(budget, x.size(1));
-  TORCH_CHECK(resolve_strategy(strategy) == Strategy::Leverage,
-              "svdprune: strategy='pivoted' is implemented on CPU only; move the features to the CPU or use "
-              "strategy='leverage'");
+  const Strategy strategy = resolve_strategy(strategy_name);
   check_on_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
   check_select_size(x.size(1), compute_type(x));
-  auto [scores, rank] = leverage_batch(x, variance, method, center, seed);
+  const bool pivoted = strategy == Strategy::Pivoted;
+  const auto a = analyze_batch(x, variance, method, center, seed, pivoted ? budget : 0);
+  // The top `budget` of the pivot scores are the pivoted tokens, filled up by leverage.
+  const auto& ranking = pivoted ? a.pivot_scores : a.scores;
   auto indices = at::empty({x.size(0), budget}, x.options().dtype(at::kLong));
   Buffers buffers(x);
-  cuda::select_top(buffers.context(), scores.const_data_ptr(), dtype_of(scores.scalar_type()), x.size(0), x.size(1),
-                   budget, indices.mutable_data_ptr<int64_t>());
-  return {unbatch(indices, features), unbatch(scores, features), unbatch(rank, features)};
+  cuda::select_top(buffers.context(), ranking.const_data_ptr(), dtype_of(ranking.scalar_type()), x.size(0),
+                   x.size(1), budget, indices.mutable_data_ptr<int64_t>());
+  return {unbatch(indices, features), unbatch(a.scores, features), unbatch(a.rank, features)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_adaptive_cuda(
@@ -156,7 +167,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_adaptive_cuda(
   check_on_cuda(x);
   const c10::cuda::CUDAGuard guard(x.device());
   check_select_size(x.size(1), compute_type(x));
-  auto [scores, rank] = leverage_batch(x, variance, method, center, seed);
+  const auto a = analyze_batch(x, variance, method, center, seed, 0);
+  const auto& scores = a.scores;
+  const auto& rank = a.rank;
   auto mask = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kBool));
   auto count = at::empty({x.size(0)}, x.options().dtype(at::kLong));
   Buffers buffers(x);

@@ -49,8 +49,12 @@ constexpr int64_t kMaxGramSize = 46340;
 // `features` must be float or double when `center` was applied or d < n (the glue widens
 // it): half/bfloat16 input is only read by the Gram product, which accumulates in float.
 // `width` = 0 selects the exact path, otherwise the randomized one with that sketch width.
+// With pivot_budget > 0 it also writes `pivot_scores` [batch, n] (the scores' dtype): the
+// leverage scores with the tokens of the greedy column pivoting on the top min(pivot_budget,
+// non-zero rank) left singular vectors raised to +inf, so that select_top of them with
+// budget = pivot_budget is the pivoted selection; pivot_scores is null otherwise.
 void leverage(const Context& ctx, const Features& features, double variance, double slack, int64_t width,
-              uint64_t seed, void* scores, int64_t* rank);
+              uint64_t seed, void* scores, int64_t* rank, int64_t pivot_budget, void* pivot_scores);
 
 // Per image, the `budget` highest scores (ties to the lower index), written as indices in
 // ascending order: indices [batch, budget].

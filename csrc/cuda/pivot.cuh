@@ -1,0 +1,151 @@
+// Device code of select(strategy="pivoted") on CUDA: the pivot kernel and the helpers it
+// shares with leverage.cu. It calls no CUDA runtime or library function and reaches dynamic
+// shared memory through dynamic_shared_memory(), so that tests/pivot_kernel_host.cpp can compile
+// this same source for the host (one thread per CUDA thread) and check it where no GPU is.
+#pragma once
+
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+namespace svdprune::cuda {
+
+#ifdef __CUDACC__
+// The block's dynamic shared memory (the size given at launch), 8-byte aligned.
+__device__ inline double* dynamic_shared_memory() {
+  extern __shared__ double shared_storage[];
+  return shared_storage;
+}
+#endif
+
+// ‖X‖_F² of `image` from its `parts` partial sums, added in a fixed order (one thread).
+__device__ inline double image_energy(const double* energy_parts, int parts, int64_t image) {
+  double total = 0.0;
+  for (int p = 0; p < parts; ++p) total += energy_parts[image * parts + p];
+  return total;
+}
+
+// The (value, index) pair with the largest value, ties to the lower index, over the block;
+// valid in thread 0. Threads without a candidate pass (-1, INT_MAX). Call at most once per
+// __syncthreads-separated phase: `warp_values` / `warp_indices` ([32] each) are reused.
+template <typename scalar_t>
+__device__ void block_argmax(scalar_t& value, int& index, scalar_t* warp_values, int* warp_indices) {
+  auto reduce_warp = [&] {
+    constexpr unsigned kAllLanes = 0xffffffffu;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const scalar_t other_value = __shfl_down_sync(kAllLanes, value, offset);
+      const int other_index = __shfl_down_sync(kAllLanes, index, offset);
+      if (other_value > value || (other_value == value && other_index < index)) {
+        value = other_value;
+        index = other_index;
+      }
+    }
+  };
+  reduce_warp();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    warp_values[warp] = value;
+    warp_indices[warp] = index;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const bool filled = lane < static_cast<int>(blockDim.x >> 5);
+    value = filled ? warp_values[lane] : scalar_t(-1);
+    index = filled ? warp_indices[lane] : INT_MAX;
+    reduce_warp();
+  }
+}
+
+// Shared memory of pivot_kernel: the rows of U_m when they fit (`rows_in_shared`), the pivot
+// direction and one taken flag per token.
+inline size_t pivot_shared_bytes(int64_t n, int64_t max_pivots, size_t scalar_bytes, bool rows_in_shared) {
+  const int64_t rows = rows_in_shared ? max_pivots * n : 0;
+  return static_cast<size_t>(rows + max_pivots) * scalar_bytes + static_cast<size_t>(n) * sizeof(int);
+}
+
+// Pivoted selection of one image per block, the CPU backend's pivot_tokens: greedy column
+// pivoting on U_mᵀ with m = min(max_pivots, number of eigenvalues above slack times the
+// largest), from the same eigenpairs as rank_leverage_kernel (then `scores` holds its leverage
+// scores). Each step takes the untaken token whose remaining row of U_m has the largest norm
+// (ties to the lower index) and projects that row's direction out of the other untaken rows.
+// The rows are stored coordinate-major, rows[i * n + j] for token j, so that the threads, one
+// token each, read consecutive addresses: in shared memory when they fit, else in `workspace`
+// ([batch, max_pivots, n]). The output is the leverage scores with the picked tokens raised to
+// +inf; its top `budget` (select_top, max_pivots = budget) are the picked tokens and then the
+// highest-leverage others, which is how the CPU fills a budget beyond the non-zero rank. An
+// image whose energy is zero or not finite, or whose eigensolver failed, picks no token.
+template <typename scalar_t>
+__global__ void pivot_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int n,
+                             const double* energy_parts, int energy_parts_per_image, const int* info, double slack,
+                             bool divide_by_value,
+                             int max_pivots, bool rows_in_shared, scalar_t* workspace, const scalar_t* scores,
+                             scalar_t* pivot_scores) {
+  const int64_t image = blockIdx.x;
+  const scalar_t* image_values = values + image * count;
+  const scalar_t* image_vectors = vectors + image * n * count;
+  scalar_t* shared_rows = reinterpret_cast<scalar_t*>(dynamic_shared_memory());
+  scalar_t* direction = shared_rows + (rows_in_shared ? static_cast<int64_t>(max_pivots) * n : 0);
+  int* taken = reinterpret_cast<int*>(direction + max_pivots);
+  scalar_t* rows = rows_in_shared ? shared_rows : workspace + image * max_pivots * n;
+  __shared__ int shared_pivots, shared_pick;
+  __shared__ scalar_t shared_norm;
+  __shared__ scalar_t warp_norms[32];
+  __shared__ int warp_picks[32];
+
+  if (threadIdx.x == 0) {
+    const double total = image_energy(energy_parts, energy_parts_per_image, image);
+    int m = 0;
+    if (isfinite(total) && total > 0.0 && info[image] == 0) {
+      const double floor = static_cast<double>(image_values[count - 1]) * slack;
+      while (m < max_pivots && m < count && static_cast<double>(image_values[count - 1 - m]) > floor) ++m;
+    }
+    shared_pivots = m;
+  }
+  for (int j = threadIdx.x; j < n; j += blockDim.x) taken[j] = 0;
+  __syncthreads();
+  const int m = shared_pivots;
+  // Column i of U_m is eigenvector count-1-i, divided by its singular value when the
+  // eigenvectors are X V (all m eigenvalues are above the floor, so none is zero).
+  for (int64_t e = threadIdx.x; e < static_cast<int64_t>(m) * n; e += blockDim.x) {
+    const int64_t i = e / n, j = e % n, column = count - 1 - i;
+    const scalar_t v = image_vectors[j + column * n];
+    rows[e] = divide_by_value ? v * (scalar_t(1) / sqrt(image_values[column])) : v;
+  }
+  __syncthreads();
+
+  for (int step = 0; step < m; ++step) {
+    scalar_t best_norm = -1;
+    int best = INT_MAX;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      if (taken[j]) continue;
+      scalar_t norm = 0;
+      for (int i = 0; i < m; ++i) norm += rows[i * n + j] * rows[i * n + j];
+      if (norm > best_norm) best_norm = norm, best = j;  // NaN norms are never picked
+    }
+    block_argmax(best_norm, best, warp_norms, warp_picks);
+    if (threadIdx.x == 0) {
+      shared_pick = best;
+      shared_norm = best_norm;
+      if (best != INT_MAX) taken[best] = 1;
+    }
+    __syncthreads();
+    const int pick = shared_pick;
+    if (pick == INT_MAX) break;  // only NaN rows left: the budget is filled by leverage
+    const scalar_t scale = shared_norm > 0 ? scalar_t(1) / sqrt(shared_norm) : scalar_t(0);
+    for (int i = threadIdx.x; i < m; i += blockDim.x) direction[i] = rows[i * n + pick] * scale;
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      if (taken[j]) continue;
+      scalar_t dot = 0;
+      for (int i = 0; i < m; ++i) dot += rows[i * n + j] * direction[i];
+      for (int i = 0; i < m; ++i) rows[i * n + j] -= dot * direction[i];
+    }
+    __syncthreads();
+  }
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    pivot_scores[image * n + j] = taken[j] ? static_cast<scalar_t>(INFINITY) : scores[image * n + j];
+  }
+}
+
+}  // namespace svdprune::cuda
