@@ -44,6 +44,15 @@ inline void check_cusolver(cusolverStatus_t status, const char* call) {
   if (status != CUSOLVER_STATUS_SUCCESS) fail("cuSOLVER", call, cusolver_status_name(status));
 }
 
+// Shared memory one block may opt into on the current device.
+inline size_t shared_memory_limit() {
+  int device = 0, limit = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+             "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+  return static_cast<size_t>(limit);
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory on the current device (past the 48 KiB a
 // launch may use by default). The attribute is set once per kernel, device and size, so that
 // calls made while a CUDA graph is being captured only launch kernels.

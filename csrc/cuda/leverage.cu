@@ -12,6 +12,7 @@
 // select(strategy="pivoted"), a second kernel per image pivots on the same eigenpairs.
 #include "checks.h"
 #include "pivot.cuh"
+#include "rank_leverage.cuh"
 #include "svdprune_cuda.h"
 
 #include <cuda_bf16.h>
@@ -50,7 +51,6 @@ constexpr int kThreads = 256;
 // ‖X‖_F² is summed by kEnergyParts blocks per image (enough to keep the GPU busy at batch
 // size 1), then the parts are added in a fixed order, so the result is deterministic.
 constexpr int kEnergyParts = 64;
-constexpr unsigned kFullMask = 0xffffffffu;
 
 template <typename scalar_t>
 constexpr cudaDataType kDataType = std::is_same_v<scalar_t, double> ? CUDA_R_64F : CUDA_R_32F;
@@ -79,14 +79,6 @@ int blocks_for(int64_t count, int threads) {
   return static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 65535));
 }
 
-// Shared memory one block may opt into on the current device (cudaDevAttrMaxSharedMemoryPerBlockOptin).
-size_t shared_memory_limit() {
-  int device = 0, limit = 0;
-  SVDPRUNE_CUDA_CHECK(cudaGetDevice(&device));
-  SVDPRUNE_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return static_cast<size_t>(limit);
-}
-
 // What one call writes: scores [batch, n] and rank [batch] and, with pivot_budget > 0, the
 // pivot scores [batch, n] of pivot_kernel.
 template <typename scalar_t>
@@ -100,64 +92,10 @@ struct Outputs {
 // ---------------------------------------------------------------------------------------
 // Small device helpers
 
-__device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 __device__ inline double to_double(__half v) { return static_cast<double>(__half2float(v)); }
 __device__ inline double to_double(__nv_bfloat16 v) { return static_cast<double>(__bfloat162float(v)); }
 __device__ inline double to_double(float v) { return v; }
 __device__ inline double to_double(double v) { return v; }
-
-// Sum over the block; the result is valid in thread 0. Call at most once per kernel.
-__device__ double block_sum(double value) {
-  __shared__ double warp_sums[32];
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(kFullMask, value, offset);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < static_cast<int>(blockDim.x >> 5) ? warp_sums[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(kFullMask, value, offset);
-  }
-  return value;
-}
-
-// Position, counted from the largest of the `count` ascending `values`, at which the running
-// sum of max(value, 0) first reaches `threshold`; `count` if it never does. NaN propagates
-// through the sum as in the CPU backend. Called by a whole warp; each lane scans a contiguous
-// segment after an exclusive scan of the segment sums.
-template <typename scalar_t>
-__device__ int64_t first_reaching(const scalar_t* values, int64_t count, double threshold) {
-  const int lane = threadIdx.x & 31;
-  const int64_t per_lane = (count + 31) / 32;
-  const int64_t begin = min64(count, lane * per_lane);
-  const int64_t end = min64(count, begin + per_lane);
-  auto clamped = [&](int64_t position) {
-    const double v = static_cast<double>(values[count - 1 - position]);
-    return v < 0.0 ? 0.0 : v;
-  };
-  double segment = 0.0;
-  for (int64_t t = begin; t < end; ++t) segment += clamped(t);
-  double inclusive = segment;
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const double below = __shfl_up_sync(kFullMask, inclusive, offset);
-    if (lane >= offset) inclusive += below;
-  }
-  double running = __shfl_up_sync(kFullMask, inclusive, 1);
-  if (lane == 0) running = 0.0;
-  long long first = count;
-  for (int64_t t = begin; t < end; ++t) {
-    running += clamped(t);
-    if (running >= threshold) {
-      first = t;
-      break;
-    }
-  }
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const long long other = __shfl_xor_sync(kFullMask, first, offset);
-    first = other < first ? other : first;
-  }
-  return first;
-}
 
 // ---------------------------------------------------------------------------------------
 // Kernels
@@ -293,57 +231,6 @@ __global__ void solve_rows_kernel(scalar_t* y, const double* cholesky, const int
   for (int i = 0; i < width; ++i) image[row + i * rows] = static_cast<scalar_t>(q[i]);
 }
 
-// Rank cut and leverage scores of one image per block, from `count` eigenpairs in ascending
-// order (`vectors`: rows × count, column-major). The rank is the smallest k whose k largest
-// eigenvalues reach variance · (1 - slack) · ‖X‖_F², or `count` if they do not; the score of
-// row j is the sum over those k columns of vector[j]², divided by the eigenvalue when the
-// vectors are X V (then columns with an eigenvalue at most slack times the largest carry no
-// energy and are skipped, as on the CPU). An image whose energy is zero gets rank 0 and zero
-// scores; one whose energy is not finite (NaN/Inf input, overflow) or whose eigensolver
-// reported an error gets rank 0 and NaN scores.
-template <typename scalar_t>
-__global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int64_t rows,
-                                     const double* energy_parts, const int* info, double variance, double slack,
-                                     bool divide_by_value, scalar_t* scores, int64_t* rank) {
-  const int64_t image = blockIdx.x;
-  const scalar_t* image_values = values + image * count;
-  const scalar_t* image_vectors = vectors + image * rows * count;
-  __shared__ int64_t shared_rank;
-  __shared__ bool shared_valid;
-  __shared__ double shared_floor;
-  if (threadIdx.x < 32) {
-    double total = threadIdx.x == 0 ? image_energy(energy_parts, kEnergyParts, image) : 0.0;
-    total = __shfl_sync(kFullMask, total, 0);
-    const bool valid = isfinite(total) && info[image] == 0;
-    int64_t k = 0;
-    if (valid && total > 0.0) {
-      const int64_t first = first_reaching(image_values, count, variance * total * (1.0 - slack));
-      k = first < count ? first + 1 : count;
-    }
-    if (threadIdx.x == 0) {
-      shared_rank = k;
-      shared_valid = valid;
-      shared_floor = static_cast<double>(image_values[count - 1]) * slack;
-    }
-  }
-  __syncthreads();
-  const int64_t k = shared_rank;
-  for (int64_t j = threadIdx.x; j < rows; j += blockDim.x) {
-    double score = 0.0;
-    for (int64_t t = 0; t < k; ++t) {
-      const int64_t column = count - 1 - t;
-      const double v = static_cast<double>(image_vectors[j + column * rows]);
-      if (!divide_by_value) {
-        score += v * v;
-      } else {
-        const double value = static_cast<double>(image_values[column]);
-        if (value > shared_floor) score += v * v / value;
-      }
-    }
-    scores[image * rows + j] = shared_valid ? static_cast<scalar_t>(score) : static_cast<scalar_t>(NAN);
-  }
-  if (threadIdx.x == 0) rank[image] = k;
-}
 
 
 // ---------------------------------------------------------------------------------------
@@ -447,7 +334,8 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
     vectors = projected;
   }
   rank_leverage_kernel<scalar_t><<<static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream>>>(
-      values, count, vectors, f.n, energy_parts, info, variance, slack, right_vectors, out.scores, out.rank);
+      values, count, vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, right_vectors, out.scores,
+      out.rank);
   SVDPRUNE_CHECK_LAUNCH("rank_leverage_kernel");
   if (out.pivot_budget == 0) return;
 

@@ -1,8 +1,9 @@
-// Device code of select(strategy="pivoted") on CUDA: the pivot kernel and the helpers it
-// shares with leverage.cu. It calls no CUDA runtime or library function and reaches dynamic
-// shared memory through dynamic_shared_memory(), so that tests/pivot_kernel_host.cpp can compile
-// this same source for the host (one thread per CUDA thread) and check it where no GPU is.
+// The pivot kernel of select(strategy="pivoted") on CUDA; leverage.cu launches it on the
+// eigenpairs of rank_leverage_kernel. Like block.cuh, free of CUDA runtime calls.
 #pragma once
+
+#include "block.cuh"
+#include "rank_leverage.cuh"
 
 #include <climits>
 #include <cmath>
@@ -10,52 +11,6 @@
 #include <cstdint>
 
 namespace svdprune::cuda {
-
-#ifdef __CUDACC__
-// The block's dynamic shared memory (the size given at launch), 8-byte aligned.
-__device__ inline double* dynamic_shared_memory() {
-  extern __shared__ double shared_storage[];
-  return shared_storage;
-}
-#endif
-
-// ‖X‖_F² of `image` from its `parts` partial sums, added in a fixed order (one thread).
-__device__ inline double image_energy(const double* energy_parts, int parts, int64_t image) {
-  double total = 0.0;
-  for (int p = 0; p < parts; ++p) total += energy_parts[image * parts + p];
-  return total;
-}
-
-// The (value, index) pair with the largest value, ties to the lower index, over the block;
-// valid in thread 0. Threads without a candidate pass (-1, INT_MAX). Call at most once per
-// __syncthreads-separated phase: `warp_values` / `warp_indices` ([32] each) are reused.
-template <typename scalar_t>
-__device__ void block_argmax(scalar_t& value, int& index, scalar_t* warp_values, int* warp_indices) {
-  auto reduce_warp = [&] {
-    constexpr unsigned kAllLanes = 0xffffffffu;
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const scalar_t other_value = __shfl_down_sync(kAllLanes, value, offset);
-      const int other_index = __shfl_down_sync(kAllLanes, index, offset);
-      if (other_value > value || (other_value == value && other_index < index)) {
-        value = other_value;
-        index = other_index;
-      }
-    }
-  };
-  reduce_warp();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    warp_values[warp] = value;
-    warp_indices[warp] = index;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const bool filled = lane < static_cast<int>(blockDim.x >> 5);
-    value = filled ? warp_values[lane] : scalar_t(-1);
-    index = filled ? warp_indices[lane] : INT_MAX;
-    reduce_warp();
-  }
-}
 
 // Shared memory of pivot_kernel: the rows of U_m when they fit (`rows_in_shared`), the pivot
 // direction and one taken flag per token.

@@ -1,0 +1,323 @@
+"""The CUDA kernels' own source (csrc/cuda/*.cuh), compiled for the host by
+tests/kernels_on_host.cpp (a std::thread per CUDA thread), against the float64 reference: the
+rank cut and leverage scores from eigenpairs laid out as cuSOLVER returns them, the pivot
+kernel, top-K and adaptive selection. This runs wherever a C++20 compiler is, GPU or not; what
+it cannot check (the cuBLAS/cuSOLVER calls around these kernels, timing) the CUDA cases of
+test_cuda.py and test_pivoted.py check on a GPU.
+
+To look for races between a block's threads (a missing __syncthreads) or out-of-bounds
+accesses, build the emulation with a sanitizer, preload its runtime and keep pytest from
+capturing the report:
+
+    KERNELS_ON_HOST_SANITIZE=thread OMP_NUM_THREADS=1 LD_PRELOAD=$(g++ -print-file-name=libtsan.so) \\
+        python -m pytest -s tests/test_kernels_on_host.py
+    KERNELS_ON_HOST_SANITIZE=address ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=$(g++ -print-file-name=libasan.so) \\
+        python -m pytest -s tests/test_kernels_on_host.py
+"""
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from svdprune_cuda import reference
+from test_ops import SPECTRUM, designed
+
+ROOT = Path(__file__).resolve().parent.parent
+# Rank-cut slack of the CUDA backend, which also marks numerically zero eigenvalues.
+SLACK = {torch.float32: 1e-5, torch.float64: 1e-10}
+ENERGY_PARTS = 4  # partial sums of ||X||_F^2 per image (64 in leverage.cu; any count works)
+LEVERAGE_THREADS, SELECT_THREADS = 256, 512  # as launched by leverage.cu and select.cu
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        pytest.skip("needs a C++20 compiler")
+    library = tmp_path_factory.mktemp("kernels_on_host") / "kernels_on_host.so"
+    command = [compiler, "-std=c++20", "-O2", "-g", "-shared", "-fPIC", "-pthread", f"-I{ROOT / 'csrc' / 'cuda'}"]
+    if sanitizer := os.environ.get("KERNELS_ON_HOST_SANITIZE"):
+        command.append(f"-fsanitize={sanitizer}")
+    subprocess.run([*command, str(ROOT / "tests" / "kernels_on_host.cpp"), "-o", str(library)], check=True)
+    return ctypes.CDLL(str(library))
+
+
+def entry(kernels, name: str, dtype: torch.dtype):
+    return getattr(kernels, f"{name}_{'double' if dtype == torch.float64 else 'float'}")
+
+
+def address(tensor):
+    return ctypes.c_void_p(tensor.data_ptr()) if tensor is not None else None
+
+
+class Eigenpairs:
+    """What leverage.cu hands the kernels for a [B, N, D] batch (computed in float64, stored in
+    `dtype`): eigenvalues of the smaller Gram matrix, ascending, `values` [B, count], and per
+    image `count` columns of N entries, `vectors` [B, count, N]: the eigenvectors of X Xᵀ
+    (N ≤ D), or X V from those of Xᵀ X (N > D; the kernels divide by sigma). Also ‖X‖_F² in
+    ENERGY_PARTS partial sums and the solver's status per image."""
+
+    def __init__(self, x: torch.Tensor, dtype: torch.dtype, failed=()):
+        n, d = x.shape[-2:]
+        if n <= d:
+            values, vectors = torch.linalg.eigh(x @ x.mT)
+        else:
+            values, right = torch.linalg.eigh(x.mT @ x)
+            vectors = x @ right
+        self.dtype, self.divide = dtype, n > d
+        self.values = values.to(dtype).contiguous()
+        self.vectors = vectors.mT.to(dtype).contiguous()
+        self.batch, self.count, self.n = self.vectors.shape
+        self.energy = torch.zeros(self.batch, ENERGY_PARTS, dtype=torch.float64)
+        self.energy[:, 0] = self.energy[:, -1] = x.square().sum((-2, -1)) / 2
+        self.info = torch.zeros(self.batch, dtype=torch.int32)
+        self.info[list(failed)] = 1
+
+    def rank_leverage(self, kernels, variance, threads=LEVERAGE_THREADS):
+        scores = torch.full((self.batch, self.n), -7.0, dtype=self.dtype)
+        rank = torch.full((self.batch,), -7, dtype=torch.int64)
+        entry(kernels, "rank_leverage", self.dtype)(
+            address(self.values), ctypes.c_int64(self.count), address(self.vectors), ctypes.c_int64(self.n),
+            address(self.energy), ctypes.c_int(ENERGY_PARTS), address(self.info), ctypes.c_double(variance),
+            ctypes.c_double(SLACK[self.dtype]), ctypes.c_bool(self.divide), address(scores), address(rank),
+            ctypes.c_int(self.batch), ctypes.c_int(threads))
+        return scores, rank
+
+    def pivot(self, kernels, scores, budget, rows_in_shared, threads=LEVERAGE_THREADS):
+        max_pivots = min(budget, self.count)
+        workspace = None if rows_in_shared else torch.full((self.batch, max_pivots, self.n), float("nan"), dtype=self.dtype)
+        out = torch.full((self.batch, self.n), -7.0, dtype=self.dtype)
+        entry(kernels, "pivot", self.dtype)(
+            address(self.values), ctypes.c_int64(self.count), address(self.vectors), ctypes.c_int(self.n),
+            address(self.energy), ctypes.c_int(ENERGY_PARTS), address(self.info), ctypes.c_double(SLACK[self.dtype]),
+            ctypes.c_bool(self.divide), ctypes.c_int(max_pivots), ctypes.c_bool(rows_in_shared), address(workspace),
+            address(scores), address(out), ctypes.c_int(self.batch), ctypes.c_int(threads))
+        return out
+
+    def reference_pivots(self, scores, budget):
+        """reference.pivoted_tokens on these (possibly float32) eigenpairs, with eigenvalues at
+        most slack times the largest counted as zero, as the kernel does."""
+        picks = []
+        for b in range(self.batch):
+            v = self.values[b].flip(0).double()
+            u = self.vectors[b].flip(0).mT
+            if self.divide:
+                u = u / v.clamp_min(torch.finfo(torch.float64).tiny).sqrt().to(u.dtype)
+            sigma = torch.where(v > v[0] * SLACK[self.dtype], v, torch.zeros_like(v)).sqrt()
+            picks.append(reference.pivoted_tokens(u, sigma, scores[b].double(), budget))
+        return torch.stack(picks)
+
+
+def select_top(kernels, scores, budget, threads=SELECT_THREADS):
+    batch, n = scores.shape
+    indices = torch.full((batch, budget), -7, dtype=torch.int64)
+    entry(kernels, "select_top", scores.dtype)(address(scores), ctypes.c_int(n), ctypes.c_int(budget),
+                                               address(indices), ctypes.c_int(batch), ctypes.c_int(threads))
+    return indices
+
+
+def select_adaptive(kernels, scores, rank, variance, min_tokens, max_tokens, threads=SELECT_THREADS):
+    batch, n = scores.shape
+    mask = torch.zeros((batch, n), dtype=torch.bool)
+    count = torch.full((batch,), -7, dtype=torch.int64)
+    entry(kernels, "select_adaptive", scores.dtype)(
+        address(scores), address(rank), ctypes.c_int(n), ctypes.c_double(variance), ctypes.c_int64(min_tokens),
+        ctypes.c_int64(max_tokens), address(mask), address(count), ctypes.c_int(batch), ctypes.c_int(threads))
+    return mask, count
+
+
+def redundant_tokens() -> torch.Tensor:
+    """Tokens 5 and 9 point the same way, 12 and 30 along other axes; the rest is faint noise."""
+    x = 1e-3 * torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[5, 0], x[9, 0], x[12, 1], x[30, 2] = 3.0, 2.9, 1.0, 0.5
+    return x
+
+
+def low_rank() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(4)
+    factors = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in ((200, 5), (5, 300))]
+    return factors[0] @ factors[1]
+
+
+CASES = {  # [B, N, D] float64 features and a budget
+    "redundant N>D": (redundant_tokens()[None], 16),
+    "redundant N<D": (redundant_tokens()[:20].repeat(1, 3)[None], 7),
+    "rank 5, budget beyond it": (low_rank()[None], 16),
+    "designed batch": (designed(160, 320, SPECTRUM, noise=1e-3, batch=2).double(), 32),
+}
+DTYPES = [torch.float32, torch.float64]
+
+
+# --- rank cut and leverage scores
+
+
+def expected_leverage(x: torch.Tensor, variance: float, dtype: torch.dtype):
+    """reference.leverage with the rank-cut slack of `dtype` (so, in float32, variance = 1 cuts
+    at the float32 numerical rank) and, when N > D, without the directions whose squared
+    singular value is at most that slack times the largest: U = X V / sigma has no meaningful
+    column there, and the kernel skips them."""
+    u, sigma, total = reference.spectrum(x)
+    energy = sigma.square()
+    below = (energy.cumsum(-1) < (variance * total * (1 - SLACK[dtype]))[:, None]).sum(-1)
+    rank = torch.where(total > 0, (below + 1).clamp(max=energy.shape[-1]), 0)
+    keep = torch.arange(energy.shape[-1]) < rank[:, None]
+    if x.shape[-2] > x.shape[-1]:
+        keep &= energy > energy[:, :1] * SLACK[dtype]
+    return (u.square() * keep[:, None, :]).sum(-1), rank
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variance", [0.5, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize("case", list(CASES))
+def test_rank_and_scores_match_the_reference(kernels, case, variance, dtype):
+    x, _ = CASES[case]
+    scores, rank = Eigenpairs(x, dtype).rank_leverage(kernels, variance)
+    expected_scores, expected_rank = expected_leverage(x, variance, dtype)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-5 if dtype == torch.float32 else 1e-9, rtol=0)
+    if dtype == torch.float64:  # the reference itself, unchanged, in float64
+        assert torch.equal(rank, reference.leverage(x, variance)[1])
+
+
+def test_rank_of_a_spectrum_longer_than_a_warp(kernels):
+    # 576 eigenvalues: each lane of the scanning warp owns a segment of 18; the cut lands in
+    # several lanes' segments as the variance grows.
+    x = designed(576, 640, torch.linspace(1.0, 0.01, 200).tolist(), noise=1e-4).double()[None]
+    pairs = Eigenpairs(x, torch.float64)
+    for variance in (0.2, 0.5, 0.8, 0.95, 1.0):
+        assert torch.equal(pairs.rank_leverage(kernels, variance)[1], reference.leverage(x, variance)[1]), variance
+
+
+def test_zero_nonfinite_or_failed_images(kernels):
+    x = designed(100, 150, SPECTRUM, noise=1e-3, batch=4).double()
+    x[0] = 0.0
+    pairs = Eigenpairs(x, torch.float64, failed=[2])
+    pairs.energy[3, 1] = float("nan")  # as a NaN or Inf in the features leaves it
+    scores, rank = pairs.rank_leverage(kernels, 0.9)
+    assert rank.tolist() == [0, 3, 0, 0]
+    assert torch.equal(scores[0], torch.zeros(100)) and torch.isfinite(scores[1]).all()
+    assert torch.isnan(scores[2]).all() and torch.isnan(scores[3]).all()
+
+
+# --- pivot kernel
+
+
+@pytest.mark.parametrize("rows_in_shared", [True, False], ids=["shared", "global"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_pivots_in_float64_match_the_reference(kernels, case, rows_in_shared):
+    x, budget = CASES[case]
+    scores = reference.leverage(x)[0]
+    out = Eigenpairs(x, torch.float64).pivot(kernels, scores, budget, rows_in_shared)
+    assert torch.equal(select_top(kernels, out, budget), reference.select(x, budget, strategy="pivoted")[0])
+    unpicked = out != float("inf")
+    assert torch.equal(out[unpicked], scores[unpicked])  # the other tokens keep their leverage
+
+
+@pytest.mark.parametrize("rows_in_shared", [True, False], ids=["shared", "global"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_pivots_in_float32_match_the_reference_on_the_same_basis(kernels, case, rows_in_shared):
+    # Float32 eigenvectors of noise-level eigenvalues are not determined by X, so the kernel is
+    # held to the reference's pivoting of the very basis it was given.
+    x, budget = CASES[case]
+    pairs = Eigenpairs(x, torch.float32)
+    scores = reference.leverage(x)[0].float()
+    out = pairs.pivot(kernels, scores, budget, rows_in_shared)
+    assert torch.equal(select_top(kernels, out, budget), pairs.reference_pivots(scores, budget))
+
+
+def test_pivots_skip_the_redundant_token(kernels):
+    x = redundant_tokens()[None]
+    out = Eigenpairs(x, torch.float32).pivot(kernels, reference.leverage(x)[0].float(), 3, True)
+    assert select_top(kernels, out, 3).tolist() == [[5, 12, 30]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pivot_ties_go_to_the_lower_index(kernels, dtype):
+    # Tokens 3, 40 and 259 are the same vector: with 256 threads, 3 and 259 are one thread's,
+    # 40 is another warp's. Token 10 (a unit row of U) goes first, then the three-way tie must
+    # go to 3.
+    x = torch.zeros(1, 300, 8, dtype=torch.float64)
+    x[0, [3, 40, 259], 0] = 1.0
+    x[0, 10, 1] = 0.5
+    out = Eigenpairs(x, dtype).pivot(kernels, reference.leverage(x)[0].to(dtype), 2, True)
+    assert select_top(kernels, out, 2).tolist() == [[3, 10]] == reference.select(x, 2, strategy="pivoted")[0].tolist()
+
+
+@pytest.mark.parametrize("threads", [32, 64, 512])
+def test_pivots_with_any_block_size(kernels, threads):
+    # Fewer tokens than threads, and warps that hold no token at all.
+    x = designed(100, 150, SPECTRUM, noise=1e-3, batch=2).double()
+    out = Eigenpairs(x, torch.float64).pivot(kernels, reference.leverage(x)[0], 10, True, threads=threads)
+    assert torch.equal(select_top(kernels, out, 10), reference.select(x, 10, strategy="pivoted")[0])
+
+
+def test_zero_or_failed_images_pick_no_pivot(kernels):
+    x = designed(100, 150, SPECTRUM, noise=1e-3, batch=3).double()
+    x[0] = 0.0
+    scores = reference.leverage(x)[0]
+    out = Eigenpairs(x, torch.float64, failed=[2]).pivot(kernels, scores, 8, True)
+    assert torch.equal(out[0], scores[0]) and select_top(kernels, out, 8)[0].tolist() == list(range(8))
+    assert (out[1] == float("inf")).sum() == 8
+    assert torch.equal(out[2], scores[2])
+
+
+# --- top-K and adaptive selection
+
+
+def expected_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """Highest first, NaN after every number, ties to the lower index; ascending indices."""
+    keyed = torch.where(torch.isnan(scores), torch.full_like(scores, -float("inf")), scores)
+    order = torch.sort(keyed, dim=-1, descending=True, stable=True).indices
+    # -inf and NaN both sort last; among them the numbers (-inf) go before the NaNs.
+    nan_last = torch.sort(torch.isnan(torch.gather(scores, -1, order)).to(torch.int8), dim=-1, stable=True).indices
+    return torch.sort(torch.gather(order, -1, nan_last)[..., :budget], dim=-1).values
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,budget", [(576, 64), (576, 576), (100, 1), (100, 37), (1, 1), (513, 16)])
+def test_select_top_matches_a_stable_sort(kernels, n, budget, dtype):
+    # Scores on a coarse grid, so that many tie, plus +inf (pivots) and NaN (a failed image).
+    generator = torch.Generator().manual_seed(n + budget)
+    scores = torch.randint(0, 8, (3, n), generator=generator).to(dtype) / 8
+    scores[1, torch.randperm(n, generator=generator)[: n // 5]] = float("inf")
+    scores[2, torch.randperm(n, generator=generator)[: n // 3]] = float("nan")
+    scores[2, 0] = -float("inf")
+    assert torch.equal(select_top(kernels, scores, budget), expected_top(scores, budget))
+
+
+def test_select_top_with_any_block_size(kernels):
+    scores = torch.rand(2, 300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for threads in (32, 96, 1024):
+        assert torch.equal(select_top(kernels, scores, 50, threads=threads), expected_top(scores, 50))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variance", [0.5, 0.9, 1.0])
+@pytest.mark.parametrize("min_tokens,max_tokens", [(1, 576), (40, 576), (1, 10), (0, 576)])
+def test_select_adaptive_matches_the_reference(kernels, min_tokens, max_tokens, variance, dtype):
+    x = torch.cat([designed(576, 640, SPECTRUM, noise=1e-3, batch=2), torch.zeros(1, 576, 640)]).double()
+    scores, rank = reference.leverage(x, variance)
+    scores = scores.to(dtype)
+    mask, count = select_adaptive(kernels, scores, rank, variance, min_tokens, max_tokens)
+    expected_count = reference.adaptive_count(scores, rank, variance, min_tokens, max_tokens)
+    assert torch.equal(count, expected_count)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    expected_mask = torch.zeros_like(mask).scatter_(-1, order, torch.arange(576).expand_as(order) < count[:, None])
+    assert torch.equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_select_adaptive_stops_where_the_sum_reaches_the_target_exactly(kernels, dtype):
+    # Scores 0.5 (exact in binary) on tokens 10..17, rank 4, variance 0.5: the target 2.0 is
+    # reached exactly by the 4th token, so 4 tokens are kept, not 5.
+    scores = torch.zeros(1, 40, dtype=dtype)
+    scores[0, 10:18] = 0.5
+    rank = torch.tensor([4])
+    mask, count = select_adaptive(kernels, scores, rank, 0.5, 1, 40)
+    assert count.tolist() == [4] == reference.adaptive_count(scores, rank, 0.5, 1, 40).tolist()
+    assert mask[0].nonzero().flatten().tolist() == [10, 11, 12, 13]
