@@ -52,10 +52,9 @@ __device__ inline double warp_exclusive_sum(double value) {
 template <typename scalar_t>
 __device__ void block_argmax(scalar_t& value, int& index, scalar_t* warp_values, int* warp_indices) {
   auto reduce_warp = [&] {
-    constexpr unsigned kAllLanes = 0xffffffffu;
     for (int offset = 16; offset > 0; offset >>= 1) {
-      const scalar_t other_value = __shfl_down_sync(kAllLanes, value, offset);
-      const int other_index = __shfl_down_sync(kAllLanes, index, offset);
+      const scalar_t other_value = __shfl_down_sync(kFullMask, value, offset);
+      const int other_index = __shfl_down_sync(kFullMask, index, offset);
       if (other_value > value || (other_value == value && other_index < index)) {
         value = other_value;
         index = other_index;

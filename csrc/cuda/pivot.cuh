@@ -33,9 +33,8 @@ inline size_t pivot_shared_bytes(int64_t n, int64_t max_pivots, size_t scalar_by
 template <typename scalar_t>
 __global__ void pivot_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int n,
                              const double* energy_parts, int energy_parts_per_image, const int* info, double slack,
-                             bool divide_by_value,
-                             int max_pivots, bool rows_in_shared, scalar_t* workspace, const scalar_t* scores,
-                             scalar_t* pivot_scores) {
+                             bool divide_by_value, int max_pivots, bool rows_in_shared, scalar_t* workspace,
+                             const scalar_t* scores, scalar_t* pivot_scores) {
   const int64_t image = blockIdx.x;
   const scalar_t* image_values = values + image * count;
   const scalar_t* image_vectors = vectors + image * n * count;
