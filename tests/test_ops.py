@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import svdprune_cuda
+from devices import DEVICES
 from svdprune_cuda import reference
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -68,12 +69,18 @@ def assert_top_k(indices: torch.Tensor, scores: torch.Tensor, budget: int, tol: 
             assert torch.equal(idx, expected)
 
 
+def run_on(device: str, op, x: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    """op(x moved to `device`, *args), its outputs back on the CPU."""
+    return tuple(t.cpu() for t in op(x.to(device), *args))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("n,d", [(576, 1024), (576, 64), (100, 588)])
-def test_leverage_matches_reference(dtype, method, n, d):
+@pytest.mark.parametrize("n,d", [(576, 588), (576, 1024), (576, 4096), (576, 64), (100, 588)])
+def test_leverage_matches_reference(dtype, method, n, d, device):
     x = designed(n, d, SPECTRUM, noise=1e-3).to(dtype)
-    scores, rank = torch.ops.svdprune.leverage(x, 0.9, method)
+    scores, rank = run_on(device, torch.ops.svdprune.leverage, x, 0.9, method)
     expected_scores, expected_rank = reference.leverage(x)
     assert scores.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert rank.dtype == torch.int64 and rank.shape == ()
@@ -82,11 +89,12 @@ def test_leverage_matches_reference(dtype, method, n, d):
     torch.testing.assert_close(scores.sum().double(), rank.double(), atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("budget", [64, 32, 16])
-def test_select_exact_indices_on_separated_scores(method, budget):
+def test_select_exact_indices_on_separated_scores(method, budget, device):
     x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=3).float()
-    indices, scores, rank = torch.ops.svdprune.select(x, budget, 0.9, method)
+    indices, scores, rank = run_on(device, torch.ops.svdprune.select, x, budget, 0.9, method)
     expected_indices, expected_scores, expected_rank = reference.select(x, budget)
     ordered = torch.sort(expected_scores, descending=True).values
     assert (ordered[:, budget - 1] - ordered[:, budget]).min() > 1e-3, "test data must separate the K-th score"
@@ -136,10 +144,11 @@ def test_batched_equals_unbatched(dtype):
             assert torch.equal(out_batched[b], out_single)
 
 
-def test_noncontiguous_input_gives_the_same_result():
-    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float()
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_input_gives_the_same_result(device):
+    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float().to(device)
     transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    strided = torch.zeros(2, 300, 400)
+    strided = torch.zeros(2, 300, 400, device=device)
     strided[..., ::2] = x
     for view in (transposed, strided[..., ::2]):
         assert not view.is_contiguous()
@@ -149,25 +158,28 @@ def test_noncontiguous_input_gives_the_same_result():
                 assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
-def test_zero_image(method):
-    x = torch.zeros(2, 64, 32)
-    x[1] = designed(64, 32, SPECTRUM).float()
-    indices, scores, rank = torch.ops.svdprune.select(x, 8, 0.9, method)
+@pytest.mark.parametrize("n,d", [(64, 32), (128, 256), (256, 128)])
+def test_zero_image(method, n, d, device):
+    x = torch.zeros(2, n, d)
+    x[1] = designed(n, d, SPECTRUM).float()
+    indices, scores, rank = run_on(device, torch.ops.svdprune.select, x, 8, 0.9, method)
     assert rank[0] == 0 and rank[1] == 3
-    assert torch.equal(scores[0], torch.zeros(64))
+    assert torch.equal(scores[0], torch.zeros(n))
     assert torch.equal(indices[0], torch.arange(8))
-    mask, count, _, _ = torch.ops.svdprune.select_adaptive(x, 0.9, 2, -1, method)
-    assert count[0] == 2 and torch.equal(mask[0], torch.arange(64) < 2)
+    mask, count, _, _ = run_on(device, torch.ops.svdprune.select_adaptive, x, 0.9, 2, -1, method)
+    assert count[0] == 2 and torch.equal(mask[0], torch.arange(n) < 2)
 
 
-def test_ties_go_to_the_lower_index():
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_go_to_the_lower_index(device):
     # Zero rows have leverage exactly 0 (D < N: U = X V / sigma), so the rows beyond the
     # non-zero ones are picked in index order.
     x = torch.zeros(100, 8)
     nonzero = torch.tensor([3, 10, 42, 77, 90])
     x[nonzero] = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
-    indices, scores, _ = torch.ops.svdprune.select(x, 9, 1.0)
+    indices, scores, _ = run_on(device, torch.ops.svdprune.select, x, 9, 1.0)
     assert torch.equal(scores[torch.tensor([i for i in range(100) if i not in nonzero.tolist()])], torch.zeros(95))
     assert indices.tolist() == [0, 1, 2, 3, 4, 10, 42, 77, 90]
     assert indices.tolist() == reference.select(x, 9, 1.0)[0].tolist()
@@ -207,11 +219,12 @@ def test_rank_follows_variance(dtype):
         assert torch.ops.svdprune.leverage(x, variance)[1].item() == expected
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("min_tokens,max_tokens", [(1, -1), (40, -1), (1, 10), (0, 576)])
-def test_select_adaptive_matches_reference(method, min_tokens, max_tokens):
+def test_select_adaptive_matches_reference(method, min_tokens, max_tokens, device):
     x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).float()
-    mask, count, scores, rank = torch.ops.svdprune.select_adaptive(x, 0.9, min_tokens, max_tokens, method)
+    mask, count, scores, rank = run_on(device, torch.ops.svdprune.select_adaptive, x, 0.9, min_tokens, max_tokens, method)
     expected_mask, expected_count, expected_scores, _ = reference.select_adaptive(x, 0.9, min_tokens, max_tokens)
     assert mask.dtype == torch.bool and count.dtype == torch.int64
     assert torch.equal(count, expected_count)
@@ -223,9 +236,10 @@ def test_select_adaptive_matches_reference(method, min_tokens, max_tokens):
             assert s[m].min() >= s[~m].max()
 
 
-def test_select_adaptive_unbatched_and_clamped():
+@pytest.mark.parametrize("device", DEVICES)
+def test_select_adaptive_unbatched_and_clamped(device):
     x = designed(64, 128, SPECTRUM).float()
-    mask, count, scores, rank = torch.ops.svdprune.select_adaptive(x, 0.9, 1, 4)
+    mask, count, scores, rank = run_on(device, torch.ops.svdprune.select_adaptive, x, 0.9, 1, 4)
     assert mask.shape == (64,) and count.shape == () and scores.shape == (64,) and rank.shape == ()
     assert count.item() <= 4 and mask.sum() == count
 
@@ -288,9 +302,10 @@ def test_wrappers_forward_to_the_ops():
         (torch.ops.svdprune.select_adaptive.default, (0.9, 1, -1, "exact", False, 0)),
     ],
 )
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batched", [False, True])
-def test_opcheck(op, args, batched):
-    x = designed(24, 40, SPECTRUM, batch=2 if batched else None).float()
+def test_opcheck(op, args, batched, device):
+    x = designed(96, 160, SPECTRUM, batch=2 if batched else None).float().to(device)
     torch.library.opcheck(op, (x, *args))
 
 
