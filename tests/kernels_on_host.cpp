@@ -19,6 +19,7 @@
 
 using std::isfinite;
 using std::isnan;
+using std::log;
 using std::min;
 using std::sqrt;
 
@@ -26,7 +27,18 @@ struct Dim {
   unsigned x = 0, y = 0, z = 0;
 };
 thread_local Dim threadIdx;
-Dim blockIdx, blockDim;
+Dim blockIdx, blockDim, gridDim;
+
+struct uint2 {
+  uint32_t x, y;
+};
+struct uint4 {
+  uint32_t x, y, z, w;
+};
+inline uint2 make_uint2(uint32_t x, uint32_t y) { return {x, y}; }
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return {x, y, z, w}; }
+inline uint32_t __umulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>((uint64_t{a} * b) >> 32); }
+inline double cospi(double x) { return std::cos(3.14159265358979323846 * x); }
 
 namespace {
 std::barrier<>* block_barrier = nullptr;
@@ -75,6 +87,7 @@ T __shfl_xor_sync(unsigned, T value, int mask) {
 inline double* dynamic_shared_memory() { return reinterpret_cast<double*>(block_shared); }
 
 #include "pivot.cuh"
+#include "randomized.cuh"
 #include "rank_leverage.cuh"
 #include "select.cuh"
 
@@ -82,11 +95,15 @@ namespace {
 
 using namespace svdprune::cuda;
 
+// Runs `kernel` on a grid of blocks × rows_of_blocks blocks of `threads` threads.
 template <typename Kernel>
-void launch(int blocks, int threads, size_t shared_bytes, Kernel kernel) {
+void launch(int blocks, int threads, size_t shared_bytes, Kernel kernel, int rows_of_blocks = 1) {
   blockDim.x = static_cast<unsigned>(threads);
-  for (int block = 0; block < blocks; ++block) {
-    blockIdx.x = static_cast<unsigned>(block);
+  gridDim.x = static_cast<unsigned>(blocks);
+  gridDim.y = static_cast<unsigned>(rows_of_blocks);
+  for (int block = 0; block < blocks * rows_of_blocks; ++block) {
+    blockIdx.x = static_cast<unsigned>(block % blocks);
+    blockIdx.y = static_cast<unsigned>(block / blocks);
     std::barrier<> barrier(threads);
     block_barrier = &barrier;
     warp_barriers.clear();
@@ -140,7 +157,34 @@ void launch(int blocks, int threads, size_t shared_bytes, Kernel kernel) {
     launch(batch, threads, select_shared_bytes(size, sizeof(scalar_t)), [&] {                                          \
       select_adaptive_kernel<scalar_t>(scores, rank, n, size, variance, min_tokens, max_tokens, mask, count);          \
     });                                                                                                                \
+  }                                                                                                                    \
+  extern "C" void gaussian_##suffix(scalar_t* out, int64_t count, uint64_t seed, int blocks, int threads) {           \
+    launch(blocks, threads, 0, [&] { gaussian_kernel<scalar_t>(out, count, seed); });                                  \
+  }                                                                                                                    \
+  extern "C" void solve_rows_##suffix(scalar_t* y, const double* cholesky, const int* keep, int64_t rows, int width,   \
+                                      int batch, int rows_per_block) {                                                 \
+    const int row_blocks = static_cast<int>((rows + rows_per_block - 1) / rows_per_block);                             \
+    launch(                                                                                                            \
+        batch, rows_per_block, 0, [&] { solve_rows_kernel<scalar_t, 128>(y, cholesky, keep, rows, width); },           \
+        row_blocks);                                                                                                   \
   }
 
 SVDPRUNE_HOST_ENTRY_POINTS(float, float)
 SVDPRUNE_HOST_ENTRY_POINTS(double, double)
+
+extern "C" void philox(const uint32_t* counter, const uint32_t* key, uint32_t* out) {
+  const uint4 bits = philox4x32_10(make_uint4(counter[0], counter[1], counter[2], counter[3]), make_uint2(key[0], key[1]));
+  out[0] = bits.x, out[1] = bits.y, out[2] = bits.z, out[3] = bits.w;
+}
+
+extern "C" void widen(const float* in, double* out, int64_t count, int blocks, int threads) {
+  launch(blocks, threads, 0, [&] { widen_kernel(in, out, count); });
+}
+
+extern "C" double cholesky_drop_tolerance(bool double_columns) {
+  return double_columns ? kDropTolerance<double> : kDropTolerance<float>;
+}
+
+extern "C" void cholesky(double* gram, int width, double tolerance, int* keep, int batch, int threads) {
+  launch(batch, threads, cholesky_shared_bytes(width), [&] { cholesky_kernel(gram, width, tolerance, keep); });
+}

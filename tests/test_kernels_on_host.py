@@ -1,9 +1,10 @@
 """The CUDA kernels' own source (csrc/cuda/*.cuh), compiled for the host by
-tests/kernels_on_host.cpp (a std::thread per CUDA thread), against the float64 reference: the
-rank cut and leverage scores from eigenpairs laid out as cuSOLVER returns them, the pivot
-kernel, top-K and adaptive selection. This runs wherever a C++20 compiler is, GPU or not; what
-it cannot check (the cuBLAS/cuSOLVER calls around these kernels, timing) the CUDA cases of
-test_cuda.py and test_pivoted.py check on a GPU.
+tests/kernels_on_host.cpp (a std::thread per CUDA thread), against the float64 reference and
+torch: the rank cut and leverage scores from eigenpairs laid out as cuSOLVER returns them, the
+pivot kernel, top-K and adaptive selection, the Gaussian sketch and CholeskyQR of the
+randomized path. This runs wherever a C++20 compiler is, GPU or not; what it cannot check (the
+cuBLAS/cuSOLVER calls around these kernels, the energy kernel, timing) the CUDA cases of
+test_cuda.py, test_ops.py and test_pivoted.py check on a GPU.
 
 To look for races between a block's threads (a missing __syncthreads) or out-of-bounds
 accesses, build the emulation with a sanitizer, preload its runtime and keep pytest from
@@ -44,7 +45,9 @@ def kernels(tmp_path_factory):
     if sanitizer := os.environ.get("KERNELS_ON_HOST_SANITIZE"):
         command.append(f"-fsanitize={sanitizer}")
     subprocess.run([*command, str(ROOT / "tests" / "kernels_on_host.cpp"), "-o", str(library)], check=True)
-    return ctypes.CDLL(str(library))
+    kernels = ctypes.CDLL(str(library))
+    kernels.cholesky_drop_tolerance.restype = ctypes.c_double
+    return kernels
 
 
 def entry(kernels, name: str, dtype: torch.dtype):
@@ -321,3 +324,115 @@ def test_select_adaptive_stops_where_the_sum_reaches_the_target_exactly(kernels,
     mask, count = select_adaptive(kernels, scores, rank, 0.5, 1, 40)
     assert count.tolist() == [4] == reference.adaptive_count(scores, rank, 0.5, 1, 40).tolist()
     assert mask[0].nonzero().flatten().tolist() == [10, 11, 12, 13]
+
+
+# --- randomized range finder: Gaussian sketch, CholeskyQR
+
+
+PHILOX_KNOWN_ANSWERS = [  # Random123's kat_vectors for Philox4x32-10: counter, key, output
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter,key,expected", PHILOX_KNOWN_ANSWERS)
+def test_philox_gives_the_random123_known_answers(kernels, counter, key, expected):
+    out = (ctypes.c_uint32 * 4)()
+    kernels.philox((ctypes.c_uint32 * 4)(*counter), (ctypes.c_uint32 * 2)(*key), out)
+    assert tuple(out) == expected
+
+
+def gaussian(kernels, count, seed, dtype=torch.float64, blocks=4, threads=64):
+    out = torch.full((count,), float("nan"), dtype=dtype)
+    entry(kernels, "gaussian", dtype)(address(out), ctypes.c_int64(count), ctypes.c_uint64(seed), ctypes.c_int(blocks),
+                                      ctypes.c_int(threads))
+    return out
+
+
+def test_sketch_is_standard_normal_and_a_function_of_seed_and_position(kernels):
+    z = gaussian(kernels, 200_000, seed=7)
+    # Bounds at about 4.5 standard errors for 200 000 draws.
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert abs((z.abs() > 2).double().mean() - 0.0455) < 0.002  # P(|z| > 2) of a standard normal
+    # Entry i depends on (seed, i) only: not on the launch, the count or the dtype.
+    assert torch.equal(gaussian(kernels, 1000, seed=7, blocks=1, threads=32), z[:1000])
+    assert torch.equal(gaussian(kernels, 1000, seed=7, dtype=torch.float32), z[:1000].float())
+    for other_seed in (8, 7 + 2**32):  # both halves of the seed are used
+        assert not torch.equal(gaussian(kernels, 1000, seed=other_seed), z[:1000])
+
+
+def test_widen_copies_float_into_double(kernels):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(2))
+    out = torch.full((1000,), float("nan"), dtype=torch.float64)
+    kernels.widen(address(x), address(out), ctypes.c_int64(1000), ctypes.c_int(3), ctypes.c_int(64))
+    assert torch.equal(out, x.double())
+
+
+def cholesky_qr(kernels, y, threads=256, rows_per_block=128):
+    """One pass of leverage.cu's orthonormalize on y [B, rows, width]: the Gram matrices in double
+    (cuBLAS there), cholesky_kernel, then solve_rows_kernel on y. Returns Q [B, rows, width] in
+    y's dtype, L [B, width, width] and the kept-column flags [B, width]."""
+    batch, rows, width = y.shape
+    tolerance = kernels.cholesky_drop_tolerance(ctypes.c_bool(y.dtype == torch.float64))
+    gram = (y.double().mT @ y.double()).contiguous()  # symmetric: its column-major layout is itself
+    keep = torch.full((batch, width), -1, dtype=torch.int32)
+    kernels.cholesky(address(gram), ctypes.c_int(width), ctypes.c_double(tolerance), address(keep), ctypes.c_int(batch),
+                     ctypes.c_int(threads))
+    columns = y.mT.contiguous()  # each image column-major, as cuBLAS leaves it
+    entry(kernels, "solve_rows", y.dtype)(address(columns), address(gram), address(keep), ctypes.c_int64(rows),
+                                          ctypes.c_int(width), ctypes.c_int(batch), ctypes.c_int(rows_per_block))
+    return columns.mT, gram.mT.tril(), keep
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,width", [(300, 8), (576, 32), (576, 128)])
+def test_cholesky_qr_orthonormalises(kernels, rows, width, dtype):
+    y = torch.randn(2, rows, width, generator=torch.Generator().manual_seed(width)).to(dtype)
+    q, lower, keep = cholesky_qr(kernels, y)
+    y = y.double()
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.equal(keep, torch.ones_like(keep))
+    torch.testing.assert_close(lower, torch.linalg.cholesky(y.mT @ y), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(q.double().mT @ q.double(), torch.eye(width).expand(2, -1, -1).double(), atol=tolerance, rtol=0)
+    torch.testing.assert_close(q.double() @ lower.mT, y, atol=tolerance * 10, rtol=0)
+
+
+def test_cholesky_qr_drops_dependent_zero_and_nan_columns(kernels):
+    y = torch.randn(1, 200, 12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y[0, :, 5] = 2 * y[0, :, 2] - y[0, :, 0]  # in the span of earlier columns
+    y[0, :, 9] = 0.0
+    y[0, 17, 3] = float("nan")
+    q, lower, keep = cholesky_qr(kernels, y)
+    assert keep[0].tolist() == [1, 1, 1, 0, 1, 0, 1, 1, 1, 0, 1, 1]
+    assert torch.isfinite(q).all()
+    dropped = keep[0] == 0
+    assert torch.equal(q[0][:, dropped], torch.zeros(200, 3, dtype=torch.float64))
+    kept = q[0][:, ~dropped]
+    torch.testing.assert_close(kept.mT @ kept, torch.eye(9, dtype=torch.float64), atol=1e-10, rtol=0)
+    # Without the NaN column the rest is spanned: Q Lᵀ reproduces every finite column.
+    finite = torch.isfinite(y[0]).all(0)
+    torch.testing.assert_close((q[0] @ lower[0].mT)[:, finite], y[0][:, finite], atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cholesky_qr_keeps_the_rank_of_a_rank_deficient_block(kernels, dtype):
+    # A sketch of a rank-5 image: 32 columns in 5 directions. Exactly 5 are kept, orthonormal.
+    # (With a float64 drop tolerance at double's rounding level, 1e-24, 9 were kept and QᵀQ
+    # was off from the identity by 1.)
+    generator = torch.Generator().manual_seed(1)
+    y = torch.randn(300, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 32, generator=generator, dtype=torch.float64)
+    q, _, keep = cholesky_qr(kernels, y[None].to(dtype))
+    assert keep.sum() == 5
+    kept = q[0][:, keep[0] == 1].double()
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(kept.mT @ kept, torch.eye(5, dtype=torch.float64), atol=tolerance, rtol=0)
+
+
+def test_cholesky_qr_with_any_block_size(kernels):
+    y = torch.randn(2, 300, 16, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    first = cholesky_qr(kernels, y)
+    for threads, rows_per_block in ((32, 32), (96, 7), (512, 300)):
+        for got, want in zip(cholesky_qr(kernels, y, threads, rows_per_block), first):
+            assert torch.equal(got, want)
