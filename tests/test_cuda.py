@@ -86,11 +86,14 @@ def test_batched_and_unbatched_agree(dtype, method):
         torch.testing.assert_close(single_scores, scores[b], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("d", [1024, 40])
-def test_rank_deficient_input_gives_the_numerical_rank(method, d):
+def test_rank_deficient_input_gives_the_numerical_rank(method, d, dtype):
+    # In float64 the randomized path's CholeskyQR must drop the sketch's dependent columns
+    # (see kDropTolerance in csrc/cuda/randomized.cuh).
     generator = torch.Generator().manual_seed(3)
-    x = torch.randn(576, 5, generator=generator) @ torch.randn(5, d, generator=generator)
+    x = (torch.randn(576, 5, generator=generator) @ torch.randn(5, d, generator=generator)).to(dtype)
     scores, rank = on_cpu(torch.ops.svdprune.leverage(cuda(x), 1.0, method))
     expected_scores, expected_rank = reference.leverage(x, 1.0)
     assert rank.item() == 5 == expected_rank.item()
