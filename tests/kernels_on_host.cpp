@@ -4,8 +4,10 @@
 // the kernels as leverage.cu and select.cu do; tests/test_kernels_on_host.py builds this file
 // and calls them.
 //
-// What the emulation cannot show: timing, memory coalescing, and reads of uninitialised
-// __shared__ variables (here they are zero-initialised statics). Run it under a sanitizer for
+// What the emulation cannot show: timing, memory coalescing, reads of uninitialised
+// __shared__ variables (here they are zero-initialised statics), and the last bits of device
+// math functions (cospi is cos(pi x) here). Threads run freely between the explicit
+// barriers, as they may on GPUs with independent thread scheduling. Run it under a sanitizer for
 // races between a block's threads (-fsanitize=thread: a missing __syncthreads) and for
 // out-of-bounds accesses (-fsanitize=address), see tests/test_kernels_on_host.py.
 #include <algorithm>

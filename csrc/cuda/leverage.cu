@@ -10,6 +10,8 @@
 // XᵀX, its eigenvectors are the right singular vectors V and U_k = X V_k / sigma_k.
 // ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself. For
 // select(strategy="pivoted"), a second kernel per image pivots on the same eigenpairs.
+// The kernels other than the energy reduction live in randomized.cuh, rank_leverage.cuh and
+// pivot.cuh; this file launches them and makes the cuBLAS/cuSOLVER calls.
 #include "checks.h"
 #include "pivot.cuh"
 #include "randomized.cuh"
@@ -21,7 +23,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <cmath>
 #include <type_traits>
 #include <utility>
 #include <vector>
