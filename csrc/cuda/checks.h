@@ -53,6 +53,10 @@ inline size_t shared_memory_limit() {
   return static_cast<size_t>(limit);
 }
 
+// Dynamic shared memory a launch may ask for on the current device, leaving room for the few
+// bytes of static shared memory the pivot and selection kernels declare.
+inline size_t dynamic_shared_memory_limit() { return shared_memory_limit() - 1024; }
+
 // Lets `kernel` use `bytes` of dynamic shared memory on the current device (past the 48 KiB a
 // launch may use by default). The attribute is set once per kernel, device and size, so that
 // calls made while a CUDA graph is being captured only launch kernels.

@@ -227,9 +227,8 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
   // The rows of U_m go to shared memory where they fit (64 × 576 in float on sm_90), else to
   // global memory, where the block's working set stays in L2.
   const int64_t max_pivots = std::min(out.pivot_budget, count);
-  constexpr size_t kStaticShared = 1024;
   const bool rows_in_shared =
-      pivot_shared_bytes(f.n, max_pivots, sizeof(scalar_t), true) + kStaticShared <= shared_memory_limit();
+      pivot_shared_bytes(f.n, max_pivots, sizeof(scalar_t), true) <= dynamic_shared_memory_limit();
   const size_t shared_bytes = pivot_shared_bytes(f.n, max_pivots, sizeof(scalar_t), rows_in_shared);
   scalar_t* workspace = rows_in_shared ? nullptr : allocate<scalar_t>(ctx, f.batch * max_pivots * f.n);
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(pivot_kernel<scalar_t>), shared_bytes);

@@ -45,8 +45,7 @@ void select_adaptive_typed(const Context& ctx, const scalar_t* scores, const int
 
 int64_t max_select_tokens(DType dtype) {
   const size_t entry = (dtype == DType::Double ? sizeof(double) : sizeof(float)) + sizeof(int);
-  // Leave room for the kernels' few bytes of static shared memory.
-  const size_t limit = shared_memory_limit() - 1024;
+  const size_t limit = dynamic_shared_memory_limit();
   int64_t size = 1;
   while (static_cast<size_t>(2 * size) * entry <= limit) size *= 2;
   return size;
