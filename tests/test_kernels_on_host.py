@@ -27,6 +27,7 @@ import torch
 
 from svdprune_cuda import reference
 from test_ops import SPECTRUM, designed
+from test_pivoted import low_rank, redundant_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 # Rank-cut slack of the CUDA backend, which also marks numerically zero eigenvalues.
@@ -134,22 +135,9 @@ def select_adaptive(kernels, scores, rank, variance, min_tokens, max_tokens, thr
     return mask, count
 
 
-def redundant_tokens() -> torch.Tensor:
-    """Tokens 5 and 9 point the same way, 12 and 30 along other axes; the rest is faint noise."""
-    x = 1e-3 * torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x[5, 0], x[9, 0], x[12, 1], x[30, 2] = 3.0, 2.9, 1.0, 0.5
-    return x
-
-
-def low_rank() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(4)
-    factors = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in ((200, 5), (5, 300))]
-    return factors[0] @ factors[1]
-
-
 CASES = {  # [B, N, D] float64 features and a budget
-    "redundant N>D": (redundant_tokens()[None], 16),
-    "redundant N<D": (redundant_tokens()[:20].repeat(1, 3)[None], 7),
+    "redundant N>D": (redundant_tokens()[0][None], 16),
+    "redundant N<D": (redundant_tokens()[0][:20].repeat(1, 3)[None], 7),
     "rank 5, budget beyond it": (low_rank()[None], 16),
     "designed batch": (designed(160, 320, SPECTRUM, noise=1e-3, batch=2).double(), 32),
 }
@@ -234,9 +222,10 @@ def test_pivots_in_float32_match_the_reference_on_the_same_basis(kernels, case, 
 
 
 def test_pivots_skip_the_redundant_token(kernels):
-    x = redundant_tokens()[None]
+    x, expected = redundant_tokens()
+    x = x[None]
     out = Eigenpairs(x, torch.float32).pivot(kernels, reference.leverage(x)[0].float(), 3, True)
-    assert select_top(kernels, out, 3).tolist() == [[5, 12, 30]]
+    assert select_top(kernels, out, 3).tolist() == [expected]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,7 +8,7 @@ import torch
 from devices import DEVICES, needs_cuda
 from svdprune import images
 from svdprune_cuda import reference
-from test_ops import SPECTRUM, designed
+from test_ops import SPECTRUM, designed, run_on
 
 METHODS = ["exact", "randomized"]
 
@@ -21,10 +21,15 @@ def redundant_tokens() -> tuple[torch.Tensor, list[int]]:
     return x, [5, 12, 30]
 
 
+def low_rank() -> torch.Tensor:
+    """200 × 300 float64 of rank 5."""
+    generator = torch.Generator().manual_seed(4)
+    return torch.randn(200, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 300, generator=generator, dtype=torch.float64)
+
+
 def select_pivoted(x: torch.Tensor, budget: int, method: str, device: str) -> tuple[torch.Tensor, ...]:
     """select(strategy="pivoted") on `device`, outputs back on the CPU."""
-    outputs = torch.ops.svdprune.select(x.to(device), budget, 0.9, method, False, 0, "pivoted")
-    return tuple(t.cpu() for t in outputs)
+    return run_on(device, torch.ops.svdprune.select, x, budget, 0.9, method, False, 0, "pivoted")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -57,8 +62,7 @@ def test_zero_image_takes_the_first_tokens(method, device):
 
 def float64_features(name: str) -> torch.Tensor:
     if name == "rank 5":
-        generator = torch.Generator().manual_seed(4)
-        return torch.randn(200, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 300, generator=generator, dtype=torch.float64)
+        return low_rank()
     return designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).double()
 
 
