@@ -29,7 +29,8 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 import svdprune_cuda
-from svdprune import images, llava
+from svdprune import llava
+from svdprune.testing import images
 from svdprune_cuda.info import cpu_name
 
 ROOT = Path(__file__).resolve().parent

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/summarize.py benchmarks/results/cpu.json
 
 Inputs are LLaVA-shaped (N=576 tokens) feature matrices of real photographs: 14×14 patches
-lifted to D features by a fixed random GELU layer (svdprune.images.lift), float32. Every
+lifted to D features by a fixed random GELU layer (svdprune.testing.images.lift), float32. Every
 implementation is checked against the float64 reference before it is timed. `pivoted` rows
 are select(strategy="pivoted"), timed to show its cost next to the paper's top-K leverage.
 """
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import svdprune_cuda
-from svdprune import images
+from svdprune.testing import images
 from svdprune_cuda import reference
 
 BUDGET = 64

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 import svdprune_cuda
-from svdprune import baselines, images
+from svdprune import baselines
+from svdprune.testing import images
 from svdprune_cuda.info import cpu_name
 
 ROOT = Path(__file__).resolve().parent

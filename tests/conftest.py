@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from svdprune import images
+from svdprune.testing import images
 
 
 @pytest.fixture(scope="session")

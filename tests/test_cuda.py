@@ -7,14 +7,10 @@ import pytest
 import torch
 
 import svdprune_cuda
-from devices import needs_cuda
+from helpers import DTYPES, METHODS, SPECTRUM, assert_top_k, designed, lifted, needs_cuda
 from svdprune_cuda import reference
-from test_ops import SPECTRUM, assert_top_k, designed, lifted
 
 pytestmark = needs_cuda
-
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-METHODS = ["exact", "randomized"]
 
 
 def sketch_width() -> int:

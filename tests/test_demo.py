@@ -34,10 +34,10 @@ def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
 
 
 def test_demo_answers_with_a_local_checkpoint(tmp_path, capsys):
-    from svdprune import _tiny
+    from svdprune.testing import models as tiny_models
 
-    processor = _tiny.build_processor()
-    _tiny.build_model(processor).save_pretrained(tmp_path / "checkpoint")
+    processor = tiny_models.build_processor()
+    tiny_models.build_model(processor).save_pretrained(tmp_path / "checkpoint")
     processor.save_pretrained(tmp_path / "checkpoint")
     out = tmp_path / "answer.png"
     args = ["demo", "--model", str(tmp_path / "checkpoint"), "--prompt", "What is it?", "--budgets", "16"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from svdprune import eval as evaluation
+from svdprune import evaluate as evaluation
 from svdprune import scoring
 
 # ----------------------------------------------------------------------------- VQA normalisation
@@ -163,7 +163,8 @@ def test_help_exits_cleanly(capsys):
 # ----------------------------------------------------------------------------- end to end
 
 try:  # the LLaVA integration; the end-to-end tests need it
-    from svdprune import _tiny, llava  # noqa: F401
+    from svdprune import llava  # noqa: F401
+    from svdprune.testing import models as tiny_models
 
     LLAVA_MISSING = None
 except ImportError as error:  # pragma: no cover - only before the integration exists
@@ -177,8 +178,8 @@ def tiny_checkpoint(tmp_path_factory):
     if LLAVA_MISSING:
         pytest.skip(LLAVA_MISSING)
     path = tmp_path_factory.mktemp("tiny-llava")
-    processor = _tiny.build_processor()
-    model = _tiny.build_model(processor)
+    processor = tiny_models.build_processor()
+    model = tiny_models.build_model(processor)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
@@ -187,7 +188,7 @@ def tiny_checkpoint(tmp_path_factory):
 def write_dataset(folder, questions):
     from PIL import Image
 
-    from svdprune import images
+    from svdprune.testing import images
 
     (folder / "images").mkdir()
     for name in ("astronaut", "coffee", "chelsea"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from svdprune import images
+from svdprune.testing import images
 
 ROOT = Path(__file__).resolve().parents[1]
 

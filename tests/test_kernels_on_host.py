@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SPECTRUM, designed, low_rank, redundant_tokens
 from svdprune_cuda import reference
-from test_ops import SPECTRUM, designed
-from test_pivoted import low_rank, redundant_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 # Rank-cut slack of the CUDA backend, which also marks numerically zero eigenvalues.

@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("skimage")
 
 import svdprune_cuda  # noqa: E402
-from svdprune import _tiny, llava  # noqa: E402
+from svdprune import llava  # noqa: E402
+from svdprune.testing import models as tiny_models  # noqa: E402
 
 N = 576
 PROMPTS = [
@@ -29,13 +30,13 @@ def images():
 
 @pytest.fixture(scope="module")
 def processors():
-    return {side: _tiny.build_processor(padding_side=side) for side in ("left", "right")}
+    return {side: tiny_models.build_processor(padding_side=side) for side in ("left", "right")}
 
 
 @pytest.fixture(scope="module")
 def models(processors):
-    model = _tiny.build_model(processors["left"])
-    return {torch.float32: model, torch.bfloat16: _tiny.build_model(processors["left"], dtype=torch.bfloat16)}
+    model = tiny_models.build_model(processors["left"])
+    return {torch.float32: model, torch.bfloat16: tiny_models.build_model(processors["left"], dtype=torch.bfloat16)}
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""torch.ops.svdprune.* on CPU against the float64 reference."""
+"""torch.ops.svdprune.* on every device against the float64 reference."""
 
 import subprocess
 import sys
@@ -7,71 +7,8 @@ import pytest
 import torch
 
 import svdprune_cuda
-from devices import DEVICES
+from helpers import DEVICES, DTYPES, METHODS, SPECTRUM, assert_top_k, designed, lifted, run_on, score_tolerance
 from svdprune_cuda import reference
-
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-METHODS = ["exact", "randomized"]
-
-
-def score_tolerance(dtype: torch.dtype) -> float:
-    # Scores are compared with the reference run on the same (already rounded) input, so the
-    # tolerance reflects the compute precision: float64 for float64 input, float32 otherwise.
-    return 1e-9 if dtype == torch.float64 else 2e-4
-
-
-def designed(n, d, singular_values, seed=0, noise=0.0, batch=None):
-    """X = U diag(s) Vᵀ with the given singular values, plus optional Gaussian noise.
-
-    U comes from rows of random directions scaled by weights in tiers (16 rows ×8, 16 ×4,
-    32 ×2, the rest in [0.2, 1]), so with the first three directions kept (SPECTRUM at
-    variance 0.9) the top-16/32/64 leverage scores are separated by a clear gap."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch,) if batch else ()
-    r = len(singular_values)
-    weights = torch.linspace(0.2, 1.0, n, dtype=torch.float64)
-    if n >= 128:
-        weights[:16], weights[16:32], weights[32:64] = 8.0, 4.0, 2.0
-    weights = weights[torch.randperm(n, generator=generator)]
-    directions = torch.randn(*shape, n, r, generator=generator, dtype=torch.float64)
-    head, tail = directions[..., :3], directions[..., 3:]
-    directions = torch.cat([head / head.norm(dim=-1, keepdim=True), tail / tail.norm(dim=-1, keepdim=True)], -1)
-    u = torch.linalg.qr(weights[:, None] * directions)[0]
-    v = torch.linalg.qr(torch.randn(*shape, d, r, generator=generator, dtype=torch.float64))[0]
-    s = torch.tensor(singular_values, dtype=torch.float64)
-    x = (u * s) @ v.transpose(-1, -2)
-    return x + noise * torch.randn(*shape, n, d, generator=generator, dtype=torch.float64)
-
-
-SPECTRUM = [10.0, 6.0, 4.0, 2.5, 1.5, 1.0]  # variance 0.9 cuts at k=3, far from a boundary
-
-
-def lifted(patches: torch.Tensor, dim: int = 4096) -> torch.Tensor:
-    """A fixed random nonlinear lift of patches to `dim` features, a stand-in for projector output."""
-    weight = torch.randn(patches.shape[-1], dim, generator=torch.Generator().manual_seed(1)) / patches.shape[-1] ** 0.5
-    return torch.nn.functional.gelu(patches @ weight)
-
-
-def assert_top_k(indices: torch.Tensor, scores: torch.Tensor, budget: int, tol: float):
-    """`indices` are `budget` distinct ascending tokens whose reference scores are, up to `tol`,
-    the largest; where the K-th and (K+1)-th scores are further apart than `tol`, exactly the
-    reference's choice."""
-    assert indices.shape == (*scores.shape[:-1], budget)
-    for idx, score in zip(indices.reshape(-1, budget), scores.reshape(-1, scores.shape[-1])):
-        assert torch.all(idx[1:] > idx[:-1]), "indices must be strictly ascending"
-        kept = torch.zeros_like(score, dtype=torch.bool)
-        kept[idx] = True
-        if (~kept).any():
-            assert score[kept].min() >= score[~kept].max() - tol
-        ordered = torch.sort(score, descending=True).values
-        if budget < len(score) and ordered[budget - 1] - ordered[budget] > 2 * tol:
-            expected = torch.sort(torch.sort(score, descending=True, stable=True).indices[:budget]).values
-            assert torch.equal(idx, expected)
-
-
-def run_on(device: str, op, x: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
-    """op(x moved to `device`, *args), its outputs back on the CPU."""
-    return tuple(t.cpu() for t in op(x.to(device), *args))
 
 
 @pytest.mark.parametrize("device", DEVICES)

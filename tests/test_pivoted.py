@@ -5,26 +5,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from devices import DEVICES, needs_cuda
-from svdprune import images
+from helpers import DEVICES, METHODS, SPECTRUM, designed, low_rank, needs_cuda, redundant_tokens, run_on
+from svdprune.testing import images
 from svdprune_cuda import reference
-from test_ops import SPECTRUM, designed, run_on
-
-METHODS = ["exact", "randomized"]
-
-
-def redundant_tokens() -> tuple[torch.Tensor, list[int]]:
-    """Tokens 5 and 9 point the same way (9 is redundant), 12 and 30 along other axes; the rest is
-    faint noise. Leverage keeps both 5 and 9; pivoting keeps 5, 12 and 30."""
-    x = 1e-3 * torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    x[5, 0], x[9, 0], x[12, 1], x[30, 2] = 3.0, 2.9, 1.0, 0.5
-    return x, [5, 12, 30]
-
-
-def low_rank() -> torch.Tensor:
-    """200 × 300 float64 of rank 5."""
-    generator = torch.Generator().manual_seed(4)
-    return torch.randn(200, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 300, generator=generator, dtype=torch.float64)
 
 
 def select_pivoted(x: torch.Tensor, budget: int, method: str, device: str) -> tuple[torch.Tensor, ...]:

@@ -123,11 +123,11 @@ VARIANTS = (("exact", "exact", "leverage"), ("randomized", "randomized", "levera
 
 
 def _random_model_demo(args) -> None:
-    from . import _tiny
+    from .testing import models as tiny_models
 
     torch.manual_seed(0)
-    processor = _tiny.build_processor()
-    model = _tiny.build_model(processor, **DEMO_MODEL)
+    processor = tiny_models.build_processor()
+    model = tiny_models.build_model(processor, **DEMO_MODEL)
     photo = load_photo(args.image)
     prompt = f"USER: <image>\n{DEFAULT_QUESTION} ASSISTANT:"
     inputs = processor(images=photo, text=prompt, return_tensors="pt")
@@ -138,10 +138,10 @@ def _random_model_demo(args) -> None:
         "The model is LLaVA-1.5-shaped with RANDOM WEIGHTS (nothing is downloaded): the selection, its timings\n"
         "and the prefill savings are real, but the model's outputs are meaningless. Use --model PATH for a checkpoint.\n"
     )
-    grid = _tiny.IMAGE_SIZE // _tiny.PATCH_SIZE
+    grid = tiny_models.IMAGE_SIZE // tiny_models.PATCH_SIZE
     print(
-        f"photo:  {args.image}, {photo.shape[1]}x{photo.shape[0]} px -> {_tiny.IMAGE_SIZE}x{_tiny.IMAGE_SIZE} crop -> "
-        f"{n} visual tokens ({grid}x{grid} patches of {_tiny.PATCH_SIZE} px)\n"
+        f"photo:  {args.image}, {photo.shape[1]}x{photo.shape[0]} px -> {tiny_models.IMAGE_SIZE}x{tiny_models.IMAGE_SIZE} crop -> "
+        f"{n} visual tokens ({grid}x{grid} patches of {tiny_models.PATCH_SIZE} px)\n"
         f"model:  CLIP width {sizes['vision_hidden']}, {sizes['vision_layers']} layers -> 2-layer projector -> "
         f"Llama width {sizes['text_hidden']}, {sizes['text_layers']} layers (random weights)\n"
         f"select: {args.source} features, variance {args.variance}; {torch.get_num_threads()} CPU threads; "

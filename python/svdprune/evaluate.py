@@ -1,6 +1,6 @@
 """GQA and TextVQA evaluation of a local LLaVA-1.5 checkpoint with SVD-Prune, from LLaVA's eval files.
 
-    python -m svdprune.eval --task gqa --model /ckpt/llava-1.5-7b-hf \\
+    python -m svdprune.evaluate --task gqa --model /ckpt/llava-1.5-7b-hf \\
         --questions llava_gqa_testdev_balanced.jsonl --images gqa/images \\
         --annotations testdev_balanced_questions.json --answers answers/gqa_k64.jsonl --budget 64
 
@@ -202,7 +202,7 @@ def _budget(text: str):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m svdprune.eval",
+        prog="python -m svdprune.evaluate",
         description="GQA / TextVQA accuracy of a local LLaVA-1.5 checkpoint with SVD-Prune visual-token pruning, "
         "from LLaVA's evaluation files. Resumable: answers already in --answers are skipped.",
     )

@@ -1,0 +1,91 @@
+"""What the test modules share: the devices every op test runs on, designed test matrices with
+known spectra, and the assertions that compare a selection with the float64 reference. Test
+modules import from here, never from one another."""
+
+import pytest
+import torch
+
+import svdprune_cuda  # noqa: F401  (registers the ops, so their CUDA kernels can be looked up)
+
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA")),
+    reason="needs a CUDA GPU and svdprune_cuda built with its CUDA kernels",
+)
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+METHODS = ["exact", "randomized"]
+
+
+def score_tolerance(dtype: torch.dtype) -> float:
+    # Scores are compared with the reference run on the same (already rounded) input, so the
+    # tolerance reflects the compute precision: float64 for float64 input, float32 otherwise.
+    return 1e-9 if dtype == torch.float64 else 2e-4
+
+
+def designed(n, d, singular_values, seed=0, noise=0.0, batch=None):
+    """X = U diag(s) Vᵀ with the given singular values, plus optional Gaussian noise.
+
+    U comes from rows of random directions scaled by weights in tiers (16 rows ×8, 16 ×4,
+    32 ×2, the rest in [0.2, 1]), so with the first three directions kept (SPECTRUM at
+    variance 0.9) the top-16/32/64 leverage scores are separated by a clear gap."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch,) if batch else ()
+    r = len(singular_values)
+    weights = torch.linspace(0.2, 1.0, n, dtype=torch.float64)
+    if n >= 128:
+        weights[:16], weights[16:32], weights[32:64] = 8.0, 4.0, 2.0
+    weights = weights[torch.randperm(n, generator=generator)]
+    directions = torch.randn(*shape, n, r, generator=generator, dtype=torch.float64)
+    head, tail = directions[..., :3], directions[..., 3:]
+    directions = torch.cat([head / head.norm(dim=-1, keepdim=True), tail / tail.norm(dim=-1, keepdim=True)], -1)
+    u = torch.linalg.qr(weights[:, None] * directions)[0]
+    v = torch.linalg.qr(torch.randn(*shape, d, r, generator=generator, dtype=torch.float64))[0]
+    s = torch.tensor(singular_values, dtype=torch.float64)
+    x = (u * s) @ v.transpose(-1, -2)
+    return x + noise * torch.randn(*shape, n, d, generator=generator, dtype=torch.float64)
+
+
+SPECTRUM = [10.0, 6.0, 4.0, 2.5, 1.5, 1.0]  # variance 0.9 cuts at k=3, far from a boundary
+
+
+def lifted(patches: torch.Tensor, dim: int = 4096) -> torch.Tensor:
+    """A fixed random nonlinear lift of patches to `dim` features, a stand-in for projector output."""
+    weight = torch.randn(patches.shape[-1], dim, generator=torch.Generator().manual_seed(1)) / patches.shape[-1] ** 0.5
+    return torch.nn.functional.gelu(patches @ weight)
+
+
+def assert_top_k(indices: torch.Tensor, scores: torch.Tensor, budget: int, tol: float):
+    """`indices` are `budget` distinct ascending tokens whose reference scores are, up to `tol`,
+    the largest; where the K-th and (K+1)-th scores are further apart than `tol`, exactly the
+    reference's choice."""
+    assert indices.shape == (*scores.shape[:-1], budget)
+    for idx, score in zip(indices.reshape(-1, budget), scores.reshape(-1, scores.shape[-1])):
+        assert torch.all(idx[1:] > idx[:-1]), "indices must be strictly ascending"
+        kept = torch.zeros_like(score, dtype=torch.bool)
+        kept[idx] = True
+        if (~kept).any():
+            assert score[kept].min() >= score[~kept].max() - tol
+        ordered = torch.sort(score, descending=True).values
+        if budget < len(score) and ordered[budget - 1] - ordered[budget] > 2 * tol:
+            expected = torch.sort(torch.sort(score, descending=True, stable=True).indices[:budget]).values
+            assert torch.equal(idx, expected)
+
+
+def run_on(device: str, op, x: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
+    """op(x moved to `device`, *args), its outputs back on the CPU."""
+    return tuple(t.cpu() for t in op(x.to(device), *args))
+
+
+def redundant_tokens() -> tuple[torch.Tensor, list[int]]:
+    """Tokens 5 and 9 point the same way (9 is redundant), 12 and 30 along other axes; the rest is
+    faint noise. Leverage keeps both 5 and 9; pivoting keeps 5, 12 and 30."""
+    x = 1e-3 * torch.randn(64, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[5, 0], x[9, 0], x[12, 1], x[30, 2] = 3.0, 2.9, 1.0, 0.5
+    return x, [5, 12, 30]
+
+
+def low_rank() -> torch.Tensor:
+    """200 × 300 float64 of rank 5."""
+    generator = torch.Generator().manual_seed(4)
+    return torch.randn(200, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 300, generator=generator, dtype=torch.float64)
