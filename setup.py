@@ -93,7 +93,7 @@ setup(
     name="svdprune",
     version=__version__,
     description="CUDA-accelerated SVD-based vision-token pruning for vision-language models",
-    packages=["svdprune_cuda", "svdprune"],
+    packages=["svdprune_cuda", "svdprune", "svdprune.testing"],
     package_dir={"svdprune_cuda": "svdprune_cuda", "svdprune": "python/svdprune"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
