@@ -12,18 +12,43 @@ int cusolver_version();  // csrc/cuda/build_info.cpp
 }
 #endif
 
+// The build facts are compiled in (build_description.py defines them for setup.py and CMake
+// alike), so what `python -m svdprune.info` reports is true of the library it loaded.
+#define SVDPRUNE_STRING(...) #__VA_ARGS__
+#define SVDPRUNE_EXPAND_STRING(...) SVDPRUNE_STRING(__VA_ARGS__)
+
+static int set_item(PyObject* dict, const char* key, PyObject* value) {
+  const int status = value == nullptr ? -1 : PyDict_SetItemString(dict, key, value);
+  Py_XDECREF(value);
+  return status;
+}
+
 // `import svdprune_cuda._C` loads this library, whose static initialisers register the ops
-// below with the dispatcher. The module itself only reports the linked cuSOLVER version.
-static PyObject* cusolver_version(PyObject*, PyObject*) {
+// below with the dispatcher. The module itself only reports how the library was built.
+static PyObject* build_info(PyObject*, PyObject*) {
+  PyObject* info = PyDict_New();
+  if (info == nullptr) return nullptr;
 #ifdef SVDPRUNE_WITH_CUDA
-  return PyLong_FromLong(svdprune::cusolver_version());
+  const bool cuda = true;
+  PyObject* arch_list = PyUnicode_FromString(SVDPRUNE_EXPAND_STRING(SVDPRUNE_CUDA_ARCH_LIST));
+  PyObject* cusolver = PyLong_FromLong(svdprune::cusolver_version());
 #else
-  Py_RETURN_NONE;
+  const bool cuda = false;
+  PyObject* arch_list = PyUnicode_FromString("");
+  PyObject* cusolver = Py_NewRef(Py_None);
 #endif
+  if (set_item(info, "torch_version", PyUnicode_FromString(SVDPRUNE_EXPAND_STRING(SVDPRUNE_TORCH_VERSION))) < 0 ||
+      set_item(info, "with_cuda", PyBool_FromLong(cuda)) < 0 || set_item(info, "cuda_arch_list", arch_list) < 0 ||
+      set_item(info, "cusolver_version", cusolver) < 0) {
+    Py_DECREF(info);
+    return nullptr;
+  }
+  return info;
 }
 
 static PyMethodDef module_methods[] = {
-    {"cusolver_version", cusolver_version, METH_NOARGS, "cuSOLVER version linked in, or None (CPU-only build)."},
+    {"build_info", build_info, METH_NOARGS,
+     "How this library was built: torch_version, with_cuda, cuda_arch_list, cusolver_version (None without CUDA)."},
     {nullptr, nullptr, 0, nullptr}};
 
 extern "C" {

@@ -8,13 +8,35 @@ dispatch keys. The functions below are typed wrappers around those ops.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+
 import torch
 
 from . import reference
 from ._version import __version__
 
+
+def _load_library():
+    """The compiled library, which registers the ops: ``svdprune_cuda._C`` as pip built it, or
+    the file SVDPRUNE_LIBRARY names (a CMake build, see scripts/build_cmake.sh)."""
+    path = os.environ.get("SVDPRUNE_LIBRARY")
+    if not path:
+        from . import _C
+
+        return _C
+    spec = importlib.util.spec_from_file_location(f"{__name__}._C", path)
+    if spec is None:
+        raise ImportError(f"SVDPRUNE_LIBRARY={path} is not a Python extension module (_C.<abi>.so)")
+    library = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(library)
+    sys.modules[spec.name] = library
+    return library
+
+
 try:
-    from . import _C  # noqa: F401  (registers the ops)
+    _C = _load_library()
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "svdprune_cuda: the compiled extension svdprune_cuda._C could not be loaded "

@@ -7,7 +7,7 @@ import platform
 import torch
 
 import svdprune_cuda
-from svdprune_cuda import _build_config, _C
+from svdprune_cuda import _C
 
 
 def cpu_name() -> str:
@@ -20,14 +20,17 @@ def cpu_name() -> str:
 
 
 def build_info() -> dict[str, object]:
-    cusolver = _C.cusolver_version()
+    """Versions, and the build facts the loaded library reports about itself."""
+    built = _C.build_info()
+    cusolver = built["cusolver_version"]
     return {
         "svdprune_cuda": svdprune_cuda.__version__,
+        "library": _C.__file__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torch built against": _build_config.TORCH_VERSION,
-        "built with CUDA": _build_config.WITH_CUDA,
-        "CUDA arch list": _build_config.CUDA_ARCH_LIST or "-",
+        "torch built against": built["torch_version"],
+        "built with CUDA": built["with_cuda"],
+        "CUDA arch list": built["cuda_arch_list"].replace(",", ";") or "-",
         "cuSOLVER": "-" if cusolver is None else f"{cusolver // 1000}.{cusolver % 1000 // 100}.{cusolver % 100}",
         "CUDA kernels registered": torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA"),
         "CPU": cpu_name(),
