@@ -13,7 +13,8 @@ Time to first token and decode speed come from one ``generate`` call of 1 + ``--
 tokens, timed by a streamer: time to first token = from the call to the first new token (vision
 tower, projector, selection, LLM prefill); decode tokens/s = the tokens after it over the time
 they took. Selection = ``svdprune_cuda.select`` alone on the batch's ``[B, 576, 4096]``
-projector output. Medians of ``--repeats`` runs after one warm-up.
+projector output. Medians of ``--repeats`` runs after one warm-up. ``--decode-tokens 0`` times
+the first token only.
 """
 
 from __future__ import annotations
@@ -24,24 +25,18 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
 import svdprune_cuda
+from common import machine_description
 from svdprune import llava
 from svdprune.testing import images
-from svdprune_cuda.info import cpu_name
+from svdprune.testing.measure import SELECTIONS, median_seconds
 
 ROOT = Path(__file__).resolve().parent
 IMAGE_TOKEN_ID = 32000  # llava-hf/llava-1.5-7b-hf: <image> is the first added token
 VOCAB = 32064
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
-
-
-# name -> (method, strategy) of the selections timed on their own.
-SELECTIONS = {"exact": ("exact", "leverage"), "randomized": ("randomized", "leverage"), "pivoted": ("exact", "pivoted")}
 
 
 def build_model(text_layers: int, vision_layers: int, device: torch.device, dtype: torch.dtype):
@@ -74,10 +69,7 @@ def make_inputs(batch: int, text_tokens: int, device, dtype) -> dict:
     """``batch`` photos and prompts of ``text_tokens`` random text tokens around the 576 placeholders."""
     names = images.photo_names()
     pictures = images.load_photos([names[i % len(names)] for i in range(batch)])
-    pixels = torch.stack([
-        (torch.from_numpy(np.array(pictures[names[i % len(names)]])).permute(2, 0, 1).float() / 255 - CLIP_MEAN)
-        / CLIP_STD for i in range(batch)
-    ])
+    pixels = torch.stack([images.clip_pixels(pictures[names[i % len(names)]]) for i in range(batch)])
     generator = torch.Generator().manual_seed(0)
     before = text_tokens // 2
     text = torch.randint(3, 32000, (batch, text_tokens), generator=generator)
@@ -89,23 +81,6 @@ def make_inputs(batch: int, text_tokens: int, device, dtype) -> dict:
         "attention_mask": torch.ones_like(input_ids).to(device),
         "pixel_values": pixels.to(device, dtype),
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class TokenClock(BaseStreamer):
@@ -122,16 +97,18 @@ class TokenClock(BaseStreamer):
         pass
 
 
-def generation_timings(model, inputs, decode_tokens: int, device, repeats: int) -> tuple[float, float]:
+def generation_timings(model, inputs, decode_tokens: int, device, repeats: int) -> tuple[float, float | None]:
     """Median (time to first token, decode tokens/s) of ``generate`` runs of 1 + ``decode_tokens`` tokens.
 
-    In one run: the first token arrives ``ttft`` after the call, the others at the decode rate.
+    In one run: the first token arrives ``ttft`` after the call, the others at the decode rate
+    (None when there are none).
     """
     batch = inputs["input_ids"].shape[0]
     ttfts, rates = [], []
     for run in range(repeats + 1):  # the first run warms up
         clock = TokenClock()
-        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         model.generate(**inputs, max_new_tokens=1 + decode_tokens, min_new_tokens=1 + decode_tokens,
                        do_sample=False, streamer=clock)
@@ -139,8 +116,9 @@ def generation_timings(model, inputs, decode_tokens: int, device, repeats: int) 
         first, last = clock.times[1], clock.times[-1]
         if run:
             ttfts.append(first - start)
-            rates.append(batch * (len(clock.times) - 2) / (last - first))
-    return statistics.median(ttfts), statistics.median(rates)
+            if decode_tokens:
+                rates.append(batch * (len(clock.times) - 2) / (last - first))
+    return statistics.median(ttfts), statistics.median(rates) if rates else None
 
 
 @torch.inference_mode()
@@ -154,14 +132,14 @@ def run(args) -> dict:
     for batch in args.batch_sizes:
         inputs = make_inputs(batch, args.text_tokens, device, dtype)
         features = llava.selection_features(model, inputs["pixel_values"])  # [B, 576, 4096]
-        vision = median_seconds(lambda: llava.selection_features(model, inputs["pixel_values"]), device, args.repeats)
+        vision = median_seconds(lambda: llava.selection_features(model, inputs["pixel_values"]), args.repeats, device)
         for budget in [576, *args.budgets]:
             row = {"batch": batch, "budget": budget, "vision": vision}
             for name in args.methods:
                 method, strategy = SELECTIONS[name]
                 row[f"select {name}"] = None if budget == 576 else median_seconds(
                     lambda: svdprune_cuda.select(features, budget, args.variance, method, strategy=strategy),
-                    device, args.repeats)
+                    args.repeats, device)
             handle = None if budget == 576 else llava.prune(model, budget=budget, variance=args.variance,
                                                              method=args.ttft_method)
             try:
@@ -171,22 +149,14 @@ def run(args) -> dict:
                 if handle is not None:
                     handle.remove()
             rows.append(row)
-            print(f"batch {batch} K={budget}: TTFT {row['ttft'] * 1e3:.1f} ms, "
-                  f"decode {row['decode tokens/s']:.1f} tokens/s", flush=True)
+            print(f"batch {batch} K={budget}: TTFT {row['ttft'] * 1e3:.1f} ms, decode {_rate(row)} tokens/s", flush=True)
     label = (f"LLaVA-1.5-7B-shaped, random weights, {text_layers}/32 decoder layers, {vision_layers}/24 vision "
              f"layers, {str(dtype).removeprefix('torch.')}")
     return {"rows": rows, "label": label, "device": device}
 
 
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = cpu_name()
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    threads = torch.get_num_threads()
-    return (f"{cpu}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''}, no GPU, "
-            f"torch {torch.__version__}; "
-            f"load average {load} at the end of the run")
+def _rate(row: dict) -> str:
+    return "-" if row["decode tokens/s"] is None else f"{row['decode tokens/s']:.1f}"
 
 
 def markdown(result: dict, args, plot_name: str) -> str:
@@ -194,7 +164,7 @@ def markdown(result: dict, args, plot_name: str) -> str:
     lines = [
         "# End-to-end latency of LLaVA-1.5 with SVD-Prune",
         "",
-        f"Generated by `python benchmarks/bench_llava_prefill.py`. Machine: {machine_description(result['device'])}.",
+        f"Generated by `python benchmarks/bench_llava_prefill.py`. Machine: {machine_description()}.",
         f"Model: {result['label']}. Prompt: {args.text_tokens} text tokens + 576 image placeholders; "
         f"τ = {args.variance}; TTFT with `method={args.ttft_method}`; decode speed over {args.decode_tokens} tokens; "
         f"medians of {args.repeats} runs.",
@@ -208,7 +178,7 @@ def markdown(result: dict, args, plot_name: str) -> str:
         selections = ["-" if row[f"select {m}"] is None else f"{row[f'select {m}'] * 1e3:.2f} ms" for m in methods]
         lines.append(
             f"| {row['batch']} | {row['budget']} | {row['vision'] * 1e3:.1f} ms | " + " | ".join(selections)
-            + f" | {row['ttft'] * 1e3:.1f} ms | {full[row['batch']] / row['ttft']:.2f}x | {row['decode tokens/s']:.1f} |"
+            + f" | {row['ttft'] * 1e3:.1f} ms | {full[row['batch']] / row['ttft']:.2f}x | {_rate(row)} |"
         )
     lines += ["", f"![time to first token]({plot_name})", ""]
     return "\n".join(lines)
@@ -225,7 +195,7 @@ def plot(result: dict, path: Path) -> None:
         rows = [row for row in result["rows"] if row["batch"] == batch]
         budgets = [row["budget"] for row in rows]
         axes[0].plot(budgets, [row["ttft"] * 1e3 for row in rows], marker="o", label=f"batch {batch}")
-        axes[1].plot(budgets, [row["decode tokens/s"] for row in rows], marker="o", label=f"batch {batch}")
+        axes[1].plot(budgets, [row["decode tokens/s"] or float("nan") for row in rows], marker="o", label=f"batch {batch}")
     for axis, ylabel in zip(axes, ["time to first token (ms)", "decode tokens/s"]):
         axis.set_xscale("log", base=2)
         ticks = sorted({row["budget"] for row in result["rows"]})
@@ -262,14 +232,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict:
+def arguments(argv=None) -> argparse.Namespace:
+    """The command line, with the defaults that depend on the device filled in."""
     args = _parser().parse_args(argv)
     gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    args.batch_sizes = args.batch_sizes or ([1, 8] if gpu else [1])
-    args.decode_tokens = args.decode_tokens or (32 if gpu else 8)
+    defaults = {"batch_sizes": [1, 8] if gpu else [1], "decode_tokens": 32 if gpu else 8, "repeats": 10 if gpu else 2}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.decode_tokens < 0 or args.repeats < 1:
+        raise SystemExit(f"--decode-tokens must be >= 0 and --repeats >= 1, got {args.decode_tokens} and {args.repeats}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = arguments(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.repeats = args.repeats or (10 if gpu else 2)
     result = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     plot_path = args.out / f"ttft_{result['device'].type}.png"

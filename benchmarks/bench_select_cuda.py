@@ -15,9 +15,7 @@ import pytest
 import torch
 
 import svdprune_cuda
-from bench_select_cpu import (
-    BUDGET, PHOTOS, VARIANCE, check, features, leverage_top_k, svd_lowrank_pipeline, svd_pipeline,
-)
+from common import BUDGET, PHOTOS, VARIANCE, check, features, leverage_top_k, svd_lowrank_pipeline, svd_pipeline
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -33,9 +32,9 @@ import numpy as np
 import torch
 
 import svdprune_cuda
+from common import TokenMatrix, machine_description
 from svdprune import baselines
 from svdprune.testing import images
-from svdprune_cuda.info import cpu_name
 
 ROOT = Path(__file__).resolve().parent
 PAPER_DEFAULT = "svd exact τ=0.9"
@@ -43,46 +42,6 @@ VIEWS = ("patches", "clip", "lifted")
 TABLE_BUDGETS = (64, 32, 16)
 
 # --------------------------------------------------------------------------------- metrics
-
-
-def row_space_basis(rows: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis (as rows) of the span of ``rows``, float64, with pinv's rank cut-off."""
-    _, s, vh = torch.linalg.svd(rows.to(torch.float64), full_matrices=False)
-    if s.numel() == 0 or s[0] == 0:
-        return vh[:0]
-    tolerance = max(rows.shape) * torch.finfo(torch.float64).eps * s[0]
-    return vh[: int((s > tolerance).sum())]
-
-
-class TokenMatrix:
-    """An image's token matrix X (N x D), ready for many span residuals.
-
-    With the thin SVD X = U S V^T, X = Y V^T for the coordinates Y = U S (N x r, r <= N). The
-    rows of V^T are orthonormal, so the residual of X against the span of its rows S equals
-    that of Y against the span of Y's rows S: the work is done in r <= 576 dimensions
-    whatever D is.
-    """
-
-    def __init__(self, x: torch.Tensor):
-        u, s, _ = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
-        self.coordinates = u * s
-        self.singular_values = s
-        self.norm = float(s.square().sum().sqrt())
-
-    def span_residual(self, indices) -> float:
-        """``||X - X P_S||_F / ||X||_F``, ``P_S`` the projector onto the kept rows' span."""
-        y = self.coordinates
-        basis = row_space_basis(y[torch.as_tensor(indices, dtype=torch.int64)])
-        return float(torch.linalg.matrix_norm(y - (y @ basis.T) @ basis)) / self.norm
-
-    def best_rank_residual(self, budget: int) -> float:
-        """Eckart-Young: the smallest residual any rank-``budget`` matrix leaves, relative."""
-        return float(self.singular_values[budget:].square().sum().sqrt()) / self.norm
-
-
-def span_residual(x: torch.Tensor, indices) -> float:
-    """``||X - X P_S||_F / ||X||_F`` for one selection (see :class:`TokenMatrix`)."""
-    return TokenMatrix(x).span_residual(indices)
 
 
 def mean_grid_distance(indices, grid: int = images.GRID) -> float:
@@ -123,16 +82,10 @@ def clip_tower(path: str | None, layers: int):
     return model.eval(), label
 
 
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
-
-
 @torch.inference_mode()
 def clip_features(model, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """(penultimate-layer patch features [576, 1024], penultimate attention [H, 577, 577])."""
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
-    pixels = ((pixels - CLIP_MEAN) / CLIP_STD).unsqueeze(0)
-    out = model(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
+    out = model(pixel_values=images.clip_pixels(image).unsqueeze(0), output_hidden_states=True, output_attentions=True)
     # LLaVA-1.5 reads hidden_states[-2] without the CLS token; VisionZip the same layer's attention.
     return out.hidden_states[-2][0, 1:].double(), out.attentions[-2][0].double()
 
@@ -305,13 +258,6 @@ def plot_overlays(image: np.ndarray, photo: str, kept: dict, view_label: str, bu
     plt.close(fig)
 
 
-def machine_description() -> str:
-    cpu = cpu_name()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; the CLIP tower on {torch.get_num_threads()} torch threads, "
-            f"selections and metrics on one; Python {platform.python_version()}, torch {torch.__version__}")
-
-
 def markdown(run: dict, settings: dict) -> str:
     results = run["results"]
     budgets = [k for k in TABLE_BUDGETS if k in settings["budgets"]] or sorted(settings["budgets"], reverse=True)[:3]
@@ -461,7 +407,8 @@ def main(argv=None) -> dict:
                       overlay_budget, args.out / name)
         plots.append(name)
     settings = {
-        "quick": args.quick, "machine": machine_description(), "seconds": seconds, "photos": photos_names,
+        "quick": args.quick, "seconds": seconds, "photos": photos_names,
+        "machine": f"{machine_description()}; the CLIP tower on all torch threads, selections and metrics on one",
         "budgets": budgets, "view_labels": {v: view_labels[v] for v in args.views}, "random_draws": args.random_draws,
         "plots": plots, "plot_prefix": os.path.relpath(args.out, args.markdown.parent) + "/",
     }

@@ -12,7 +12,7 @@ build_dir=${1:-build/cmake}
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
 
 args=(-DCMAKE_PREFIX_PATH="$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
-      -DPython_EXECUTABLE="$(command -v "$python")" -DSVDPRUNE_WITH_CUDA="${SVDPRUNE_WITH_CUDA:-OFF}"
+      -DPython_EXECUTABLE="$("$python" -c 'import sys; print(sys.executable)')" -DSVDPRUNE_WITH_CUDA="${SVDPRUNE_WITH_CUDA:-OFF}"
       -DCUDA_TOOLKIT_ROOT_DIR="$cuda_home" -DCMAKE_CUDA_COMPILER="$cuda_home/bin/nvcc")
 nvrtc=$("$python" -c "import nvidia, pathlib; print(next(p for d in nvidia.__path__ for p in sorted(pathlib.Path(d).glob('cu*/lib/libnvrtc.so.*'))))" 2>/dev/null || true)
 if [ -n "$nvrtc" ] && ! ls "$cuda_home"/lib64/libnvrtc.so* > /dev/null 2>&1; then

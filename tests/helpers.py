@@ -11,7 +11,7 @@ needs_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA")),
     reason="needs a CUDA GPU and svdprune_cuda built with its CUDA kernels",
 )
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 METHODS = ["exact", "randomized"]

@@ -10,7 +10,7 @@ import svdprune_cuda
 from helpers import DTYPES, METHODS, SPECTRUM, assert_top_k, designed, lifted, needs_cuda
 from svdprune_cuda import reference
 
-pytestmark = needs_cuda
+pytestmark = [pytest.mark.gpu, needs_cuda]
 
 
 def sketch_width() -> int:

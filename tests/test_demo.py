@@ -11,6 +11,8 @@ pytest.importorskip("matplotlib")
 
 from svdprune.__main__ import main  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -21,6 +23,7 @@ def read_png(path):
     return imread(path)
 
 
+@pytest.mark.slow
 def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
     out = tmp_path / "kept.png"
     assert main(["demo", "--out", str(out), "--budgets", "16", "--repeats", "1"]) == 0
@@ -33,6 +36,7 @@ def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
     assert image.shape[0] > 300 and image.shape[1] > 600
 
 
+@pytest.mark.slow
 def test_demo_answers_with_a_local_checkpoint(tmp_path, capsys):
     from svdprune.testing import models as tiny_models
 

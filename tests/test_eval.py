@@ -157,7 +157,27 @@ def test_help_exits_cleanly(capsys):
     with pytest.raises(SystemExit) as exit_info:
         evaluation.main(["--help"])
     assert exit_info.value.code == 0
-    assert "--budget" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--budget" in out and "--strategy" in out
+
+
+def test_eval_is_a_command_of_the_package(capsys):
+    from svdprune.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    assert "--strategy" in capsys.readouterr().out
+
+
+def test_score_only_with_nothing_answered_has_no_settings(tmp_path):
+    (tmp_path / "questions.jsonl").write_text(json.dumps(GQA_QUESTIONS[0]) + "\n")
+    (tmp_path / "annotations.json").write_text(json.dumps({"q1": {"answer": "yes"}}))
+    result = evaluation.main([
+        "--task", "gqa", "--questions", str(tmp_path / "questions.jsonl"), "--annotations",
+        str(tmp_path / "annotations.json"), "--answers", str(tmp_path / "answers.jsonl"), "--score-only",
+    ])
+    assert result["answered"] == 0 and result["settings"] is None
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -215,6 +235,7 @@ def gqa_args(tmp_path, checkpoint, *extra):
     ]
 
 
+@pytest.mark.slow
 @needs_llava
 def test_gqa_end_to_end_resumable(tmp_path, tiny_checkpoint, monkeypatch):
     import svdprune_cuda
@@ -256,6 +277,7 @@ def test_gqa_end_to_end_resumable(tmp_path, tiny_checkpoint, monkeypatch):
         evaluation.main(gqa_args(tmp_path, tiny_checkpoint, "--budget", "32"))
 
 
+@pytest.mark.slow
 @needs_llava
 def test_gqa_end_to_end_unpruned(tmp_path, tiny_checkpoint, monkeypatch):
     import svdprune_cuda
@@ -267,6 +289,38 @@ def test_gqa_end_to_end_unpruned(tmp_path, tiny_checkpoint, monkeypatch):
     assert result["answered"] == 2 and result["settings"]["budget"] == "full"
 
 
+@pytest.mark.slow
+@needs_llava
+def test_strategy_is_used_and_recorded(tmp_path, tiny_checkpoint, monkeypatch):
+    import svdprune_cuda
+
+    write_dataset(tmp_path, GQA_QUESTIONS[:1])
+    (tmp_path / "annotations.json").write_text(json.dumps({"q1": {"answer": "a"}}))
+    strategies = []
+    select = svdprune_cuda.select
+    monkeypatch.setattr(svdprune_cuda, "select", lambda *a, **k: strategies.append(k.get("strategy")) or select(*a, **k))
+    result = evaluation.main(gqa_args(tmp_path, tiny_checkpoint, "--budget", "16", "--strategy", "pivoted"))
+    assert strategies == ["pivoted"] and result["settings"]["strategy"] == "pivoted"
+    assert evaluation.read_answers(tmp_path / "answers.jsonl")[0]["metadata"]["settings"]["strategy"] == "pivoted"
+    # The same answers with the default strategy are other settings.
+    with pytest.raises(ValueError, match="settings"):
+        evaluation.main(gqa_args(tmp_path, tiny_checkpoint, "--budget", "16"))
+
+
+@pytest.mark.slow
+@needs_llava
+def test_answering_leaves_the_tokenizer_padding_as_it_was(tmp_path):
+    write_dataset(tmp_path, GQA_QUESTIONS[:2])
+    processor = tiny_models.build_processor(padding_side="right")
+    model = tiny_models.build_model(processor)
+    new = evaluation.answer_questions(
+        model, processor, GQA_QUESTIONS[:2], tmp_path / "images", tmp_path / "answers.jsonl",
+        settings={"budget": "full"}, max_new_tokens=2, progress=False,
+    )
+    assert new == 2 and processor.tokenizer.padding_side == "right"
+
+
+@pytest.mark.slow
 @needs_llava
 def test_textvqa_end_to_end(tmp_path, tiny_checkpoint):
     suffix = "\nAnswer the question using a single word or phrase."

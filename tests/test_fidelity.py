@@ -1,27 +1,16 @@
-"""Token-fidelity benchmark: its metrics on hand-made inputs, the photo helpers, a --quick run."""
+"""Token-fidelity benchmark: its metrics on hand-made inputs, the photo helpers, a --quick run.
+(pytest's configuration puts benchmarks/ on the import path.)"""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
+import fidelity
 import numpy as np
 import pytest
 import torch
+from common import TokenMatrix, span_residual
 
 from svdprune.testing import images
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("fidelity_benchmark", ROOT / "benchmarks" / "fidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fidelity = load_benchmark()
 
 
 def pinv_residual(x, indices):
@@ -38,17 +27,17 @@ def pinv_residual(x, indices):
 def test_span_residual_hand_made():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # span(e1) leaves the second coordinate of rows 1 and 2: sqrt(2) / sqrt(4)
-    assert fidelity.span_residual(x, [0]) == pytest.approx(math.sqrt(2) / 2)
+    assert span_residual(x, [0]) == pytest.approx(math.sqrt(2) / 2)
     # span((1,1)) leaves (.5,-.5) and (-.5,.5): sqrt(1) / sqrt(4)
-    assert fidelity.span_residual(x, [2]) == pytest.approx(0.5)
-    assert fidelity.span_residual(x, [0, 1]) == pytest.approx(0.0, abs=1e-15)
+    assert span_residual(x, [2]) == pytest.approx(0.5)
+    assert span_residual(x, [0, 1]) == pytest.approx(0.0, abs=1e-15)
 
 
 @pytest.mark.parametrize("shape", [(40, 12), (30, 70)])
 def test_span_residual_matches_pinv_definition(shape):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=generator, dtype=torch.float64)
-    matrix = fidelity.TokenMatrix(x)
+    matrix = TokenMatrix(x)
     for indices in ([3], [0, 5, 9], list(range(0, 30, 3))):
         assert matrix.span_residual(indices) == pytest.approx(pinv_residual(x, indices), rel=1e-10)
 
@@ -56,13 +45,13 @@ def test_span_residual_matches_pinv_definition(shape):
 def test_span_residual_dependent_kept_rows():
     # Kept rows 0 and 1 are the same direction: the span is one-dimensional.
     x = torch.tensor([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
-    assert fidelity.span_residual(x, [0, 1]) == pytest.approx(pinv_residual(x, [0, 1]), rel=1e-12)
+    assert span_residual(x, [0, 1]) == pytest.approx(pinv_residual(x, [0, 1]), rel=1e-12)
 
 
 def test_best_rank_is_eckart_young_and_a_lower_bound():
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(50, 20, generator=generator, dtype=torch.float64)
-    matrix = fidelity.TokenMatrix(x)
+    matrix = TokenMatrix(x)
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     for k in (1, 5, 10):
         truncated = (u[:, :k] * s[:k]) @ vh[:k]
@@ -147,6 +136,7 @@ def test_draw_kept_patches():
 # ----------------------------------------------------------------------------- the benchmark
 
 
+@pytest.mark.slow
 def test_quick_run_writes_tables_and_plots(tmp_path):
     markdown = tmp_path / "FIDELITY.md"
     fidelity.main(["--quick", "--out", str(tmp_path / "plots"), "--markdown", str(markdown)])

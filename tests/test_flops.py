@@ -148,8 +148,10 @@ def test_text_tokens_for_is_the_closest_length():
 
 
 def test_markdown_report(tmp_path):
+    import flops_report  # benchmarks/flops_report.py
+
     path = tmp_path / "FLOPS.md"
-    flops.main(["--markdown", str(path)])
+    flops_report.main(["--markdown", str(path)])
     text = path.read_text()
     assert "LLaVA-1.5-7B" in text and "LLaVA-1.5-13B" in text and "84.8%" in text
     assert text.count("| 576 |") == 3  # 7B, 7B with decoding, 13B

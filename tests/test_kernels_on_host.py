@@ -28,6 +28,8 @@ import torch
 from helpers import SPECTRUM, designed, low_rank, redundant_tokens
 from svdprune_cuda import reference
 
+pytestmark = pytest.mark.slow  # compiles the emulation first
+
 ROOT = Path(__file__).resolve().parent.parent
 # Rank-cut slack of the CUDA backend, which also marks numerically zero eigenvalues.
 SLACK = {torch.float32: 1e-5, torch.float64: 1e-10}

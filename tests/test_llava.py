@@ -13,6 +13,8 @@ import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 N = 576
 PROMPTS = [
     "USER: <image>\nWhat is shown in this picture? Describe it in detail. ASSISTANT:",

@@ -130,6 +130,7 @@ def test_unknown_strategy(device):
         torch.ops.svdprune.select(torch.randn(16, 8, device=device), 4, 0.9, "exact", False, 0, "qr")
 
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("method", METHODS)
 def test_cuda_graph_capture_and_replay(method):
@@ -154,6 +155,7 @@ def test_cuda_graph_capture_and_replay(method):
             assert torch.equal(got, want)
 
 
+@pytest.mark.gpu
 @needs_cuda
 def test_torch_compile_fullgraph():
     def keep_tokens(features):
@@ -164,6 +166,7 @@ def test_torch_compile_fullgraph():
     assert torch.equal(torch.compile(keep_tokens, fullgraph=True)(x), keep_tokens(x))
 
 
+@pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("method", METHODS)
 def test_non_finite_image_is_filled_by_position_without_failing(method):

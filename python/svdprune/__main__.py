@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import __version__
+from . import __version__, evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
+
+    eval_parser = commands.add_parser(
+        "eval",
+        help="GQA / TextVQA accuracy of a local LLaVA-1.5 checkpoint with pruning, resumable",
+        description=evaluate.DESCRIPTION,
+    )
+    evaluate.add_arguments(eval_parser)
+    eval_parser.set_defaults(run=_evaluate)
     return parser
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    evaluate.run(args)  # prints the score (and writes --summary)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import textwrap
 import time
 from pathlib import Path
@@ -65,16 +64,6 @@ def load_photo(name_or_path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def _median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _model_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
     """The 336x336 crop the model sees, un-normalised back to [0, 1] RGB."""
     image_processor = processor.image_processor
@@ -118,12 +107,9 @@ def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tens
     figure.savefig(out)
 
 
-# (row label, method, strategy) of the random-model demo's table.
-VARIANTS = (("exact", "exact", "leverage"), ("randomized", "randomized", "leverage"), ("pivoted", "exact", "pivoted"))
-
-
 def _random_model_demo(args) -> None:
     from .testing import models as tiny_models
+    from .testing.measure import SELECTIONS, median_seconds
 
     torch.manual_seed(0)
     processor = tiny_models.build_processor()
@@ -150,18 +136,18 @@ def _random_model_demo(args) -> None:
 
     with torch.inference_mode():
         features = llava.selection_features(model, inputs.pixel_values, args.source)
-        full_seconds = _median_seconds(functools.partial(model, **inputs), args.repeats)
+        full_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
         rows, masks = [], {}
         for budget in args.budgets:
-            for label, method, strategy in VARIANTS:
+            for label, (method, strategy) in SELECTIONS.items():
                 select = functools.partial(
                     svdprune_cuda.select, features, budget, args.variance, method=method, strategy=strategy
                 )
-                select_seconds = _median_seconds(select, args.repeats)
+                select_seconds = median_seconds(select, args.repeats)
                 rank = int(select()[2][0])
                 with llava.prune(model, processor, budget=budget, variance=args.variance, method=method,
                                  source=args.source, strategy=strategy) as handle:
-                    pruned_seconds = _median_seconds(functools.partial(model, **inputs), args.repeats)
+                    pruned_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
                     masks[(label, budget)] = handle.last_mask[0].clone()
                 overlap = (masks[(label, budget)] & masks[("exact", budget)]).sum().item() / budget
                 rows.append((label, budget, rank, select_seconds, pruned_seconds, overlap))

@@ -1,6 +1,6 @@
 """GQA and TextVQA evaluation of a local LLaVA-1.5 checkpoint with SVD-Prune, from LLaVA's eval files.
 
-    python -m svdprune.evaluate --task gqa --model /ckpt/llava-1.5-7b-hf \\
+    python -m svdprune eval --task gqa --model /ckpt/llava-1.5-7b-hf \\
         --questions llava_gqa_testdev_balanced.jsonl --images gqa/images \\
         --annotations testdev_balanced_questions.json --answers answers/gqa_k64.jsonl --budget 64
 
@@ -22,6 +22,7 @@ as in LLaVA's evaluation. The score is printed (and written to ``--summary``) at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -30,7 +31,10 @@ from pathlib import Path
 
 from . import scoring
 
-__all__ = ["TASKS", "SYSTEM_PROMPT", "read_questions", "read_answers", "build_prompt", "answer_questions", "score", "main"]
+__all__ = [
+    "TASKS", "SYSTEM_PROMPT", "read_questions", "read_answers", "build_prompt", "answer_questions", "score",
+    "add_arguments", "run", "main",
+]
 
 TASKS = ("gqa", "textvqa")
 # LLaVA-1.5's evaluation conversation template (vicuna_v1).
@@ -108,6 +112,18 @@ class _PlainProgress:
         pass
 
 
+@contextlib.contextmanager
+def _left_padding(tokenizer):
+    """Pads on the left, so that generation continues every row at its end; afterwards the
+    tokenizer pads as its owner had it."""
+    owners_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = owners_side
+
+
 def answer_questions(
     model,
     processor,
@@ -125,7 +141,8 @@ def answer_questions(
     """Generate answers for the ``questions`` not yet in ``answers_path`` and append them.
 
     ``settings`` (budget, method, ...) are recorded in every line's ``metadata``; a file holding
-    answers produced with other settings is refused. Returns the number of new answers.
+    answers produced with other settings is refused. Returns the number of new answers. The
+    tokenizer pads on the left while answering, and as before afterwards.
     """
     import torch
     from PIL import Image
@@ -143,13 +160,11 @@ def answer_questions(
     if not todo:
         return 0
 
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"  # generation continues every row at its end
     image_token = getattr(processor, "image_token", "<image>")
     device = model.device
     bar = _progress(len(todo), "answering") if progress else None
     Path(answers_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(answers_path, "a") as out:
+    with _left_padding(processor.tokenizer), open(answers_path, "a") as out:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             pictures = [Image.open(Path(images_dir) / q["image"]).convert("RGB") for q in batch]
@@ -158,7 +173,7 @@ def answer_questions(
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             with torch.inference_mode():
                 sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            texts = tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             for question, text in zip(batch, texts):
                 record = {
                     "question_id": question["question_id"],
@@ -200,12 +215,14 @@ def _budget(text: str):
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m svdprune.evaluate",
-        description="GQA / TextVQA accuracy of a local LLaVA-1.5 checkpoint with SVD-Prune visual-token pruning, "
-        "from LLaVA's evaluation files. Resumable: answers already in --answers are skipped.",
-    )
+DESCRIPTION = (
+    "GQA / TextVQA accuracy of a local LLaVA-1.5 checkpoint with SVD-Prune visual-token pruning, "
+    "from LLaVA's evaluation files. Resumable: answers already in --answers are skipped."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m svdprune eval``."""
     parser.add_argument("--task", choices=TASKS, required=True)
     parser.add_argument("--questions", type=Path, required=True, help="LLaVA question jsonl (question_id, image, text)")
     parser.add_argument("--images", type=Path, help="folder of the question images (needed unless --score-only)")
@@ -217,6 +234,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="visual tokens kept per image, 'full' (no pruning, 576) or 'adaptive' (default 64)")
     parser.add_argument("--variance", type=float, default=0.9, help="SVD energy fraction τ (default 0.9)")
     parser.add_argument("--method", choices=["auto", "exact", "randomized"], default="auto")
+    parser.add_argument("--strategy", choices=["leverage", "pivoted"], default="leverage",
+                        help="top-K leverage (the paper's) or pivoted (non-redundant tokens); default leverage")
     parser.add_argument("--source", choices=["projector", "vision"], default="projector",
                         help="features the selection reads (default: projector output)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -229,15 +248,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--summary", type=Path, help="also write the score and settings to this json file")
     parser.add_argument("--score-only", action="store_true", help="score the answers file, generate nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
 
 
-def main(argv=None) -> dict:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> dict:
+    """Answers what is not answered yet, then scores; returns (and prints) the score and settings."""
     questions = read_questions(args.questions, args.limit)
     settings = {
-        "budget": args.budget, "variance": args.variance, "method": args.method, "source": args.source,
-        "max_new_tokens": args.max_new_tokens, "system_prompt": args.system_prompt,
+        "budget": args.budget, "variance": args.variance, "method": args.method, "strategy": args.strategy,
+        "source": args.source, "max_new_tokens": args.max_new_tokens, "system_prompt": args.system_prompt,
     }
     if not args.score_only:
         if args.model is None or args.images is None:
@@ -252,7 +270,7 @@ def main(argv=None) -> dict:
         if args.budget != "full":
             budget = None if args.budget == "adaptive" else args.budget
             handle = llava.prune(model, processor, budget=budget, variance=args.variance, method=args.method,
-                                 source=args.source)
+                                 source=args.source, strategy=args.strategy)
         try:
             new = answer_questions(
                 model, processor, questions, args.images, args.answers, settings=settings,
@@ -269,13 +287,22 @@ def main(argv=None) -> dict:
     result = score(args.task, answers, args.annotations)
     if args.score_only:  # the settings the answers were made with, not this command line's
         recorded = [a.get("metadata", {}).get("settings") for a in answers]
-        settings = recorded[0] if recorded and all(r == recorded[0] for r in recorded) else recorded and "mixed"
+        if not recorded:
+            settings = None
+        else:
+            settings = recorded[0] if all(r == recorded[0] for r in recorded) else "mixed"
     result.update(task=args.task, questions=len(questions), answered=len(answers), settings=settings)
     print(json.dumps(result, indent=1))
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m svdprune eval", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,17 @@ __all__ = [
     "grid_coordinates",
     "lift",
     "draw_kept_patches",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "clip_pixels",
 ]
 
 IMAGE_SIZE = 336
 PATCH_SIZE = 14
 GRID = IMAGE_SIZE // PATCH_SIZE  # 24 patches per side, 576 in all
+# Per-channel normalisation of CLIP's image processor (and so of LLaVA-1.5's).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # name -> (package, loader name)
 _PHOTOS = {
@@ -97,6 +103,13 @@ def to_patches(image: np.ndarray, patch_size: int = PATCH_SIZE) -> torch.Tensor:
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float64) / 255.0)
     patches = pixels.reshape(rows, patch_size, cols, patch_size, channels).permute(0, 2, 1, 3, 4)
     return patches.reshape(rows * cols, patch_size * patch_size * channels).contiguous()
+
+
+def clip_pixels(image: np.ndarray) -> torch.Tensor:
+    """``3 x H x W`` float32 pixel values of an ``H x W x 3`` uint8 image, normalised as CLIP's
+    image processor does (the input of a CLIP vision tower)."""
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    return (pixels - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
 
 
 def grid_coordinates(grid: int = GRID) -> torch.Tensor:
