@@ -47,12 +47,14 @@ def cuda_arch_list() -> str:
 
 
 def defines(cuda: bool, arch_list: str) -> dict[str, str]:
-    """Preprocessor definitions: the build facts ``_C.build_info()`` reports (see csrc/ops.cpp)."""
+    """Definitions for the C++ sources (the .cu files need none): the limited API, and the build
+    facts ``_C.build_info()`` reports (see csrc/ops.cpp)."""
     import torch
 
     facts = {"Py_LIMITED_API": LIMITED_API, "SVDPRUNE_TORCH_VERSION": torch.__version__}
     if cuda:
-        # Commas, not semicolons: the value passes through shells and CMake lists unquoted.
+        # Commas, not semicolons: the value passes through shells and CMake lists unquoted (and
+        # never through nvcc, which would split it at the commas).
         facts.update(SVDPRUNE_WITH_CUDA="1", SVDPRUNE_CUDA_ARCH_LIST=arch_list.replace(";", ","))
     return facts
 

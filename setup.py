@@ -49,7 +49,7 @@ def extension():
         build_description.sources(cuda),
         include_dirs=includes,
         libraries=[] if libraries else list(build_description.CUDA_MATH_LIBRARIES),
-        extra_compile_args={"cxx": cxx_flags, "nvcc": [*build_description.CUDA_FLAGS, *defines]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": list(build_description.CUDA_FLAGS)},
         extra_link_args=[*libraries, *(f"-Wl,-rpath,{Path(library).parent}" for library in libraries)],
         py_limited_api=True,
     )
