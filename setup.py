@@ -16,10 +16,15 @@ import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-sys.path.insert(0, str(Path(__file__).parent.resolve()))
+ROOT = Path(__file__).parent.resolve()
+sys.path.insert(0, str(ROOT))
 import build_description  # noqa: E402
 
 sys.path.pop(0)
+# Earlier versions built a version-specific _C.cpython-*.so in place, which Python would load
+# before the _C.abi3.so built now.
+for stale in (ROOT / "svdprune_cuda").glob("_C.cpython-*.so"):
+    stale.unlink()
 
 
 def with_cuda() -> bool:
