@@ -86,7 +86,7 @@ def test_images_of_different_sizes_have_different_tile_counts(model, processors,
     assert [f.shape[0] for f in features] == counts.tolist()
 
 
-@pytest.mark.parametrize("image_index", [0, 1])
+@pytest.mark.parametrize("image_index", [1])
 def test_full_budget_is_identical(model, processors, images, image_index):
     processor = processors["left"]
     inputs = encode(processor, [images[image_index]], PROMPTS[:1])
@@ -99,8 +99,7 @@ def test_full_budget_is_identical(model, processors, images, image_index):
         assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), generated)
 
 
-@pytest.mark.parametrize("strategy", ["leverage", "pivoted"])
-@pytest.mark.parametrize("image_index", [0, 1, 2])
+@pytest.mark.parametrize("image_index, strategy", [(0, "leverage"), (1, "leverage"), (2, "pivoted")])
 def test_language_model_receives_the_kept_tokens_and_their_rows_newlines(model, processors, images, image_index, strategy):
     processor, budget = processors["left"], 40
     inputs = encode(processor, [images[image_index]], PROMPTS[:1])
@@ -154,8 +153,7 @@ def test_tile_scope_keeps_the_budget_in_the_base_view_and_in_every_tile(model, p
     assert seen.embeds[0].shape[1] == inputs.input_ids.shape[1] - features.shape[0] + int(mask.sum())
 
 
-@pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("budget", [24, None])
+@pytest.mark.parametrize("padding_side, budget", [("left", 24), ("right", None)])
 def test_padded_batch_of_different_sizes_matches_each_prompt_alone(model, processors, images, padding_side, budget):
     processor = processors[padding_side]
     batch = encode(processor, images[1:], PROMPTS)
