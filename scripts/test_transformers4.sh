@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the LLaVA integration tests against transformers 4.57.x; the main environment has 5.x.
+# Runs the model-integration tests (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision) and the demo against
+# transformers 4.57.x; the main environment has 5.x.
 #
 # transformers 4.57 and the tokenizers / huggingface_hub versions it requires (tokenizers<=0.23.0,
 # huggingface_hub<1.0, which still uses requests) are installed with --no-deps into a separate
@@ -39,4 +40,4 @@ fi
 cd "$ROOT"
 PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c \
     'import transformers, tokenizers; print(f"transformers {transformers.__version__}, tokenizers {tokenizers.__version__}")'
-PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m pytest -q tests/test_llava.py tests/test_demo.py "$@"
+PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m pytest -q tests/test_llava.py tests/test_demo.py tests/test_llava_next.py tests/test_llava_onevision.py "$@"

@@ -76,8 +76,17 @@ def hf_image_features(model, inputs):
 
 
 def hf_video_features(model, inputs):
-    """``[videos, frames * 16 + 1, H]``: pooled frames, then the newline."""
-    return pooled_output(model.model.get_video_features(pixel_values_videos=inputs.pixel_values_videos))
+    """``[videos, frames * 16 + 1, H]``: pooled frames, then the newline (which 4.57 appends in forward)."""
+    config = model.config
+    features = pooled_output(
+        model.get_video_features(
+            inputs.pixel_values_videos, config.vision_feature_layer, config.vision_feature_select_strategy
+        )
+    )
+    if features.shape[1] % PER_FRAME == 0:
+        newline = model.model.image_newline[None, None].expand(features.shape[0], 1, -1)
+        features = torch.cat([features, newline], dim=1)
+    return features
 
 
 def test_image_keeps_the_budget_over_base_view_and_tiles(model, processors, images):
