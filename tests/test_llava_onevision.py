@@ -80,7 +80,9 @@ def hf_video_features(model, inputs):
     config = model.config
     features = pooled_output(
         model.get_video_features(
-            inputs.pixel_values_videos, config.vision_feature_layer, config.vision_feature_select_strategy
+            inputs.pixel_values_videos,
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
         )
     )
     if features.shape[1] % PER_FRAME == 0:
