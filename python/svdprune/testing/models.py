@@ -198,23 +198,27 @@ def _image_processor(name: str, **kwargs):
     return getattr(transformers, pil if hasattr(transformers, pil) else name)(**kwargs)
 
 
-def _anyres_image_processor(name: str, mean, std):
+def _pinpoints(tile_size: int) -> list[list[int]]:
+    return [[h * tile_size // TILE_SIZE, w * tile_size // TILE_SIZE] for h, w in GRID_PINPOINTS]
+
+
+def _anyres_image_processor(name: str, mean, std, tile_size: int = TILE_SIZE):
     return _image_processor(
         name,
-        size={"shortest_edge": TILE_SIZE} if name.startswith("LlavaNext") else {"height": TILE_SIZE, "width": TILE_SIZE},
-        crop_size={"height": TILE_SIZE, "width": TILE_SIZE},
-        image_grid_pinpoints=GRID_PINPOINTS,
+        size={"shortest_edge": tile_size} if name.startswith("LlavaNext") else {"height": tile_size, "width": tile_size},
+        crop_size={"height": tile_size, "width": tile_size},
+        image_grid_pinpoints=_pinpoints(tile_size),
         image_mean=mean,
         image_std=std,
         do_pad=True,
     )
 
 
-def _anyres_vision_config(kind: str, hidden: int, layers: int):
+def _anyres_vision_config(kind: str, hidden: int, layers: int, tile_size: int = TILE_SIZE):
     import transformers
 
     return getattr(transformers, kind)(
-        image_size=TILE_SIZE,
+        image_size=tile_size,
         patch_size=PATCH_SIZE,
         hidden_size=hidden,
         intermediate_size=4 * hidden,
@@ -223,12 +227,13 @@ def _anyres_vision_config(kind: str, hidden: int, layers: int):
     )
 
 
-def build_next_processor(padding_side: str = "left"):
-    """A ``LlavaNextProcessor`` for 112 px anyres crops (CLIP with CLS: 64 tokens per crop)."""
+def build_next_processor(padding_side: str = "left", *, tile_size: int = TILE_SIZE):
+    """A ``LlavaNextProcessor`` for anyres crops of ``tile_size`` px (CLIP with CLS: 64 tokens per
+    112 px crop; ``tile_size=336`` is LLaVA-NeXT's own geometry, 576 tokens per crop)."""
     from transformers import LlavaNextProcessor
 
     return LlavaNextProcessor(
-        image_processor=_anyres_image_processor("LlavaNextImageProcessor", CLIP_MEAN, CLIP_STD),
+        image_processor=_anyres_image_processor("LlavaNextImageProcessor", CLIP_MEAN, CLIP_STD, tile_size),
         tokenizer=build_tokenizer(padding_side),
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
@@ -247,15 +252,17 @@ def build_next_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ):
-    """A randomly initialised ``LlavaNextForConditionalGeneration`` (CLIP tower, Llama text model)."""
+    """A randomly initialised ``LlavaNextForConditionalGeneration`` (CLIP tower, Llama text model)
+    for ``processor``'s crops."""
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
     tokenizer = processor.tokenizer
+    tile_size = processor.image_processor.crop_size["height"]
     config = LlavaNextConfig(
-        vision_config=_anyres_vision_config("CLIPVisionConfig", vision_hidden, vision_layers),
+        vision_config=_anyres_vision_config("CLIPVisionConfig", vision_hidden, vision_layers, tile_size),
         text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_grid_pinpoints=GRID_PINPOINTS,
+        image_grid_pinpoints=_pinpoints(tile_size),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
