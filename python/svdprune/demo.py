@@ -93,7 +93,6 @@ def _model_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
 def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tensor], title: str, out: str) -> None:
     """One row per method, one column per budget: kept patches bright and outlined, the rest dimmed."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     methods = list(dict.fromkeys(method for method, _ in masks))
     budgets = list(dict.fromkeys(budget for _, budget in masks))
@@ -110,13 +109,23 @@ def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tens
     for row, method in enumerate(methods):
         for column, budget in enumerate(budgets, start=1):
             kept = masks[(method, budget)].view(grid, grid).cpu().numpy()
-            shade = np.kron(kept, np.ones((patch, patch)))[..., None]
-            axes[row, column].imshow(photo * (0.25 + 0.75 * shade) + 0.1 * (1 - shade))
-            for y, x in zip(*np.nonzero(kept)):
-                axes[row, column].add_patch(
-                    Rectangle((x * patch - 0.5, y * patch - 0.5), patch, patch, fill=False, lw=1.0, ec="#ffd21f")
-                )
+            _draw_kept(axes[row, column], photo, kept, line_width=1.0)
             axes[row, column].set_title(f"{method}: {int(kept.sum())} kept", fontsize=10)
+    _finish_figure(figure, axes, title, out)
+
+
+def _draw_kept(axis, photo: np.ndarray, kept: np.ndarray, line_width: float) -> None:
+    """``photo`` with the patches of the ``[rows, cols]`` bool grid ``kept`` bright and outlined."""
+    from matplotlib.patches import Rectangle
+
+    patch = photo.shape[0] // kept.shape[0]
+    shade = np.kron(kept, np.ones((patch, patch)))[..., None]
+    axis.imshow(photo * (0.25 + 0.75 * shade) + 0.1 * (1 - shade))
+    for y, x in zip(*np.nonzero(kept)):
+        axis.add_patch(Rectangle((x * patch - 0.5, y * patch - 0.5), patch, patch, fill=False, lw=line_width, ec="#ffd21f"))
+
+
+def _finish_figure(figure, axes, title: str, out: str) -> None:
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -201,29 +210,16 @@ def _random_model_demo(args) -> None:
 def plot_kept_tiles(crops: list[np.ndarray], masks: dict[str, list[np.ndarray]], title: str, out: str) -> None:
     """One row per method, one column per crop (base view, then the tiles): kept patches outlined."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     figure = Figure(figsize=(2.6 * len(crops), 2.8 * len(masks) + 0.6), dpi=110)
     axes = figure.subplots(len(masks), len(crops), squeeze=False)
     for row, (method, kept_per_crop) in enumerate(masks.items()):
         for column, (crop, kept) in enumerate(zip(crops, kept_per_crop)):
-            grid = int(round(kept.size ** 0.5))
-            patch = crop.shape[0] // grid
-            kept = kept.reshape(grid, grid)
-            shade = np.kron(kept, np.ones((patch, patch)))[..., None]
-            axes[row, column].imshow(crop * (0.25 + 0.75 * shade) + 0.1 * (1 - shade))
-            for y, x in zip(*np.nonzero(kept)):
-                axes[row, column].add_patch(
-                    Rectangle((x * patch - 0.5, y * patch - 0.5), patch, patch, fill=False, lw=0.6, ec="#ffd21f")
-                )
+            grid = int(round(kept.size**0.5))
+            _draw_kept(axes[row, column], crop, kept.reshape(grid, grid), line_width=0.6)
             name = "base view" if column == 0 else f"tile {column}"
             axes[row, column].set_title(f"{method}, {name}: {int(kept.sum())} kept", fontsize=9)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    figure.savefig(out)
+    _finish_figure(figure, axes, title, out)
 
 
 def _random_next_demo(args) -> None:
