@@ -1,5 +1,8 @@
 """svdprune.integrations.batch and .selection without any model: shortening a padded batch
-around kept placeholders, the newline rule, and the grouping of budgets."""
+around kept placeholders, the newline rule, and the grouping of budgets; and the lazy export."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -151,3 +154,9 @@ def test_select_placeholders_merges_kinds_in_sequence_order():
     assert torch.equal(features, torch.cat([video.features[masks[1]], image.features[masks[0]]]))
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         select_placeholders(ids[:, :-1], [("image", image_token, [image])], 2, 0.9, "exact", "leverage")
+
+
+def test_svdprune_prune_is_exported_without_importing_transformers():
+    code = "import sys, svdprune; svdprune.prune; print('transformers' in sys.modules, svdprune.prune.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "svdprune.integrations"]
