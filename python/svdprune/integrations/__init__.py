@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import svdprune_cuda
 
-from .adapter import SCOPES, Adapter
+from .adapter import Adapter
 from .handle import PruneHandle
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 
-__all__ = ["prune", "PruneHandle", "ADAPTERS", "SOURCES", "SCOPES", "adapter_for"]
+__all__ = ["prune", "PruneHandle", "ADAPTERS", "SOURCES", "adapter_for"]
 
 SOURCES = ("projector", "vision")
 ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter)

@@ -16,11 +16,7 @@ import torch
 
 from .selection import Visual
 
-__all__ = ["Adapter", "SCOPES"]
-
-# How ``budget`` is spread: "image" per image (a video frame counts as an image), "tile" per base
-# view and per tile of an image, "video" per image and per whole video clip.
-SCOPES = ("image", "tile", "video")
+__all__ = ["Adapter"]
 
 
 class Adapter:
@@ -28,6 +24,8 @@ class Adapter:
 
     class_name: str = ""  # the transformers class served, e.g. "LlavaForConditionalGeneration"
     family: str = ""  # a short name for messages and the README, e.g. "LLaVA-1.5"
+    # How ``budget`` may be spread: "image" per image (a video frame counts as an image), "tile"
+    # per base view and per tile of an image, "video" per image and per whole video clip.
     scopes: tuple[str, ...] = ("image",)
     # Call arguments that carry images or videos: a call with any of them set is pruned.
     visual_inputs: tuple[str, ...] = ("pixel_values",)
