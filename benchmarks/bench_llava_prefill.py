@@ -1,5 +1,7 @@
 """End-to-end latency of a LLaVA-1.5-7B-shaped model with SVD-Prune: time to first token and
-decode speed for all 576 visual tokens against K kept, with the selection timed on its own.
+decode speed for all 576 visual tokens against K kept, with the selection timed on its own; then
+the same for a LLaVA-NeXT-7B-shaped model (``--next-budgets``; a 672 x 672 image: base view and
+four tiles, 2,880 visual tokens plus 48 row newlines, ``budget`` per image).
 
 The weights are random (latency does not depend on them), built locally: the CLIP
 ViT-L/14-336 tower, the 1024 -> 4096 -> 4096 projector and a Vicuna-7B decoder (hidden 4096,
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+import svdprune
 import svdprune_cuda
 from common import machine_description
 from svdprune import llava
@@ -39,9 +42,24 @@ IMAGE_TOKEN_ID = 32000  # llava-hf/llava-1.5-7b-hf: <image> is the first added t
 VOCAB = 32064
 
 
-def build_model(text_layers: int, vision_layers: int, device: torch.device, dtype: torch.dtype):
-    """A LLaVA-1.5-7B-shaped ``LlavaForConditionalGeneration`` with random weights."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+# llava-hf/llava-v1.6-vicuna-7b-hf's anyres grids; a 672 x 672 image uses the 2 x 2 one.
+NEXT_GRIDS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+NEXT_PLACEHOLDERS = 5 * 576 + 48  # base view, four tiles, a newline after each of the 48 grid rows
+
+
+
+def build_model(text_layers: int, vision_layers: int, device: torch.device, dtype: torch.dtype, family: str = "llava-1.5"):
+    """A LLaVA-1.5-7B-shaped ``LlavaForConditionalGeneration`` with random weights, or with
+    ``family="llava-next"`` a LLaVA-NeXT-7B-shaped ``LlavaNextForConditionalGeneration`` (the
+    same tower, projector and decoder; llava-v1.6-vicuna-7b's anyres grids)."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
 
     vision = CLIPVisionConfig(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=vision_layers, num_attention_heads=16,
@@ -52,34 +70,48 @@ def build_model(text_layers: int, vision_layers: int, device: torch.device, dtyp
         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
         bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
-    config = LlavaConfig(
+    common = dict(
         vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN_ID, vision_feature_layer=-2,
         vision_feature_select_strategy="default", projector_hidden_act="gelu",
     )
+    if family == "llava-next":
+        model_class, config = LlavaNextForConditionalGeneration, LlavaNextConfig(image_grid_pinpoints=NEXT_GRIDS, **common)
+    else:
+        model_class, config = LlavaForConditionalGeneration, LlavaConfig(**common)
     torch.manual_seed(0)
     with torch.device(device):  # initialise in place: a 7B model initialises in seconds on a GPU
-        model = LlavaForConditionalGeneration(config)
+        model = model_class(config)
     model = model.to(dtype).eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = None  # never stop early: every run decodes the same length
     return model
 
 
-def make_inputs(batch: int, text_tokens: int, device, dtype) -> dict:
-    """``batch`` photos and prompts of ``text_tokens`` random text tokens around the 576 placeholders."""
+def make_inputs(batch: int, text_tokens: int, device, dtype, family: str = "llava-1.5") -> dict:
+    """``batch`` photos and prompts of ``text_tokens`` random text tokens around the image's
+    placeholders (576; LLaVA-NeXT: the photo taken as 672 x 672, base view and 2 x 2 tiles)."""
     names = images.photo_names()
     pictures = images.load_photos([names[i % len(names)] for i in range(batch)])
     pixels = torch.stack([images.clip_pixels(pictures[names[i % len(names)]]) for i in range(batch)])
+    placeholders = 576
+    extra = {}
+    if family == "llava-next":
+        large = torch.nn.functional.interpolate(pixels, size=(672, 672), mode="bilinear", align_corners=False)
+        tiles = large.unflatten(2, (2, 336)).unflatten(4, (2, 336)).permute(0, 2, 4, 1, 3, 5).flatten(1, 2)
+        pixels = torch.cat([pixels[:, None], tiles], dim=1)  # [batch, 5, 3, 336, 336]
+        placeholders = NEXT_PLACEHOLDERS
+        extra["image_sizes"] = torch.tensor([[672, 672]] * batch, device=device)
     generator = torch.Generator().manual_seed(0)
     before = text_tokens // 2
     text = torch.randint(3, 32000, (batch, text_tokens), generator=generator)
-    image = torch.full((batch, 576), IMAGE_TOKEN_ID)
+    image = torch.full((batch, placeholders), IMAGE_TOKEN_ID)
     bos = torch.ones(batch, 1, dtype=torch.long)
     input_ids = torch.cat([bos, text[:, :before], image, text[:, before:]], dim=1)
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": torch.ones_like(input_ids).to(device),
         "pixel_values": pixels.to(device, dtype),
+        **extra,
     }
 
 
@@ -121,27 +153,27 @@ def generation_timings(model, inputs, decode_tokens: int, device, repeats: int) 
     return statistics.median(ttfts), statistics.median(rates) if rates else None
 
 
-@torch.inference_mode()
-def run(args) -> dict:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    text_layers = args.text_layers or (32 if device.type == "cuda" else 2)
-    vision_layers = args.vision_layers or (24 if device.type == "cuda" else 2)
-    model = build_model(text_layers, vision_layers, device, dtype)
+def measure(model, args, device, dtype, family: str, full: int, budgets, batch_sizes) -> list[dict]:
+    """Rows of timings for every batch size and ``full`` (no pruning) followed by ``budgets``."""
     rows = []
-    for batch in args.batch_sizes:
-        inputs = make_inputs(batch, args.text_tokens, device, dtype)
-        features = llava.selection_features(model, inputs["pixel_values"])  # [B, 576, 4096]
-        vision = median_seconds(lambda: llava.selection_features(model, inputs["pixel_values"]), args.repeats, device)
-        for budget in [576, *args.budgets]:
+    for batch in batch_sizes:
+        inputs = make_inputs(batch, args.text_tokens, device, dtype, family)
+        crops = inputs["pixel_values"].flatten(0, -4)  # LLaVA-NeXT: [batch * 5, 3, 336, 336]
+
+        def encode():
+            return llava.selection_features(model, crops).view(batch, full, -1)  # [B, 576 or 2880, 4096]
+
+        features = encode()
+        vision = median_seconds(encode, args.repeats, device)
+        for budget in [full, *budgets]:
             row = {"batch": batch, "budget": budget, "vision": vision}
             for name in args.methods:
                 method, strategy = SELECTIONS[name]
-                row[f"select {name}"] = None if budget == 576 else median_seconds(
+                row[f"select {name}"] = None if budget == full else median_seconds(
                     lambda: svdprune_cuda.select(features, budget, args.variance, method, strategy=strategy),
                     args.repeats, device)
-            handle = None if budget == 576 else llava.prune(model, budget=budget, variance=args.variance,
-                                                             method=args.ttft_method)
+            handle = None if budget == full else svdprune.prune(model, budget=budget, variance=args.variance,
+                                                                 method=args.ttft_method)
             try:
                 row["ttft"], row["decode tokens/s"] = generation_timings(
                     model, inputs, args.decode_tokens, device, args.repeats)
@@ -149,10 +181,28 @@ def run(args) -> dict:
                 if handle is not None:
                     handle.remove()
             rows.append(row)
-            print(f"batch {batch} K={budget}: TTFT {row['ttft'] * 1e3:.1f} ms, decode {_rate(row)} tokens/s", flush=True)
-    label = (f"LLaVA-1.5-7B-shaped, random weights, {text_layers}/32 decoder layers, {vision_layers}/24 vision "
-             f"layers, {str(dtype).removeprefix('torch.')}")
-    return {"rows": rows, "label": label, "device": device}
+            print(f"{family} batch {batch} K={budget}: TTFT {row['ttft'] * 1e3:.1f} ms, "
+                  f"decode {_rate(row)} tokens/s", flush=True)
+    return rows
+
+
+@torch.inference_mode()
+def run(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    text_layers = args.text_layers or (32 if device.type == "cuda" else 2)
+    vision_layers = args.vision_layers or (24 if device.type == "cuda" else 2)
+    depth = (f"random weights, {text_layers}/32 decoder layers, {vision_layers}/24 vision layers, "
+             f"{str(dtype).removeprefix('torch.')}")
+    model = build_model(text_layers, vision_layers, device, dtype)
+    rows = measure(model, args, device, dtype, "llava-1.5", 576, args.budgets, args.batch_sizes)
+    result = {"rows": rows, "label": f"LLaVA-1.5-7B-shaped, {depth}", "device": device, "next": None}
+    if args.next_budgets:
+        del model
+        model = build_model(text_layers, vision_layers, device, dtype, "llava-next")
+        next_rows = measure(model, args, device, dtype, "llava-next", 2880, args.next_budgets, args.batch_sizes[:1])
+        result["next"] = {"rows": next_rows, "label": f"LLaVA-NeXT-7B-shaped, {depth}"}
+    return result
 
 
 def _rate(row: dict) -> str:
@@ -162,7 +212,7 @@ def _rate(row: dict) -> str:
 def markdown(result: dict, args, plot_name: str) -> str:
     methods = args.methods
     lines = [
-        "# End-to-end latency of LLaVA-1.5 with SVD-Prune",
+        "# End-to-end latency of LLaVA-1.5 and LLaVA-NeXT with SVD-Prune",
         "",
         f"Generated by `python benchmarks/bench_llava_prefill.py`. Machine: {machine_description()}.",
         f"Model: {result['label']}. Prompt: {args.text_tokens} text tokens + 576 image placeholders; "
@@ -173,15 +223,34 @@ def markdown(result: dict, args, plot_name: str) -> str:
         + " | time to first token | speed-up | decode tokens/s |",
         "|---:|---:|---:|" + "---:|" * len(methods) + "---:|---:|---:|",
     ]
-    full = {row["batch"]: row["ttft"] for row in result["rows"] if row["budget"] == 576}
-    for row in result["rows"]:
+    header = lines[-2:]
+    lines += _table_rows(result["rows"], methods)
+    lines += ["", f"![time to first token]({plot_name})", ""]
+    if result["next"] is not None:
+        lines += [
+            "## LLaVA-NeXT",
+            "",
+            f"Model: {result['next']['label']}. Prompt: {args.text_tokens} text tokens + one 672 x 672 image: "
+            f"base view and 2 x 2 tiles, 2,880 visual tokens and 48 row newlines; K per image over all five crops "
+            "(the newlines of rows that keep a token stay); selection on the image's [2880, 4096] projector output.",
+            "",
+            *header,
+            *_table_rows(result["next"]["rows"], methods),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _table_rows(rows: list[dict], methods) -> list[str]:
+    full = {row["batch"]: row["ttft"] for row in rows if all(row[f"select {m}"] is None for m in methods)}
+    lines = []
+    for row in rows:
         selections = ["-" if row[f"select {m}"] is None else f"{row[f'select {m}'] * 1e3:.2f} ms" for m in methods]
         lines.append(
             f"| {row['batch']} | {row['budget']} | {row['vision'] * 1e3:.1f} ms | " + " | ".join(selections)
             + f" | {row['ttft'] * 1e3:.1f} ms | {full[row['batch']] / row['ttft']:.2f}x | {_rate(row)} |"
         )
-    lines += ["", f"![time to first token]({plot_name})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def plot(result: dict, path: Path) -> None:
@@ -219,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-layers", type=int, help="vision layers (default: 24 on GPU, 2 on CPU)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="default: 1 8 on GPU, 1 on CPU")
     parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64, 32, 16])
+    parser.add_argument("--next-budgets", type=int, nargs="*", default=[640, 320, 160],
+                        help="LLaVA-NeXT budgets per image, of 2,880 tokens (none: skip LLaVA-NeXT)")
     parser.add_argument("--methods", nargs="+", choices=list(SELECTIONS), default=list(SELECTIONS),
                         help="selections timed (pivoted = exact basis, strategy='pivoted')")
     parser.add_argument("--ttft-method", default="exact", help="selection method inside the TTFT runs")

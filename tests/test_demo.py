@@ -37,6 +37,20 @@ def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_llava_next_demo_draws_the_base_view_and_every_tile(tmp_path, capsys):
+    out = tmp_path / "tiles.png"
+    args = ["demo", "--family", "llava-next", "--tile-size", "112", "--budgets", "16", "--repeats", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed
+    assert "base view + 4 tiles of 112 px -> 320 visual tokens + 16 row newlines" in printed
+    table = [line.split() for line in printed.splitlines() if line.startswith(("exact ", "pivoted  "))]
+    assert [(row[0], int(row[1])) for row in table] == [("exact", 16), ("pivoted", 16)]
+    image = read_png(out)
+    assert image.shape[1] > 4 * image.shape[0] / 3  # five crops side by side, three rows
+
+
+@pytest.mark.slow
 def test_demo_answers_with_a_local_checkpoint(tmp_path, capsys):
     from svdprune.testing import models as tiny_models
 

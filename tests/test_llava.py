@@ -12,6 +12,7 @@ pytest.importorskip("skimage")
 import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
+from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -51,23 +52,6 @@ def encode(processor, images, prompts):
     return processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
 
-class LanguageModelInputs:
-    """Records the inputs_embeds of every language-model call."""
-
-    def __init__(self, model):
-        self.embeds = []
-        self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        self.embeds.append(kwargs["inputs_embeds"])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.handle.remove()
-
-
 def hf_projected_features(model, pixel_values):
     """[images, 576, H] through transformers' own get_image_features (list in 4.57, output in 5.x)."""
     output = model.model.get_image_features(pixel_values=pixel_values)
@@ -78,12 +62,6 @@ def vision_features(model, pixel_values):
     """[images, 576, D]: CLIP penultimate layer without CLS, what LLaVA-1.5's projector reads."""
     hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
     return hidden_states[model.config.vision_feature_layer][:, 1:]
-
-
-def last_real_logits(logits, attention_mask):
-    """Next-token logits of each row: at its last attended position, whatever the padding side."""
-    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)
-    return logits[torch.arange(logits.shape[0]), last]
 
 
 # -- budget 576 changes nothing -----------------------------------------------------------------
@@ -124,10 +102,7 @@ def test_language_model_receives_selected_features(models, processors, images, d
     projected = hf_projected_features(model, inputs.pixel_values)
     scored = projected if source == "projector" else vision_features(model, inputs.pixel_values)
     indices = svdprune_cuda.select(scored, budget, 0.9, method=method, strategy=strategy)[0][0]
-    if source == "projector":
-        expected = projected[0, indices]
-    else:
-        expected = model.model.multi_modal_projector(scored[0, indices])
+    expected = projected[0, indices]  # whatever the source, HF's own projected features of the kept tokens
 
     with llava.prune(model, processor, budget=budget, method=method, source=source, strategy=strategy) as handle:
         with LanguageModelInputs(model) as seen:

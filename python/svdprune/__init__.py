@@ -3,7 +3,8 @@
 The ops (``select``, ``leverage``, ``select_adaptive``) and the float64 ``reference`` come
 from the compiled backend ``svdprune_cuda``; the submodules (``llava``, ``baselines``,
 ``flops``, ``evaluate``, ``scoring``, ``demo``, ``testing``, ``info``) are imported on first
-use, so ``import svdprune`` does not pull in transformers.
+use, and so is ``prune`` (:func:`svdprune.integrations.prune`, for every supported model family),
+so ``import svdprune`` does not pull in transformers.
 """
 
 import importlib
@@ -12,10 +13,12 @@ from svdprune_cuda import METHODS, STRATEGIES, __version__, leverage, reference,
 
 __all__ = ["__version__", "leverage", "select", "select_adaptive", "reference", "METHODS", "STRATEGIES"]
 
-_SUBMODULES = {"llava", "baselines", "flops", "evaluate", "scoring", "demo", "testing", "info"}
+_SUBMODULES = {"llava", "integrations", "baselines", "flops", "evaluate", "scoring", "demo", "testing", "info"}
 
 
 def __getattr__(name):
+    if name == "prune":
+        return importlib.import_module(f"{__name__}.integrations").prune
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

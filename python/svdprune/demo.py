@@ -5,7 +5,10 @@ visual tokens; small widths so it runs in seconds on a CPU) looks at a photograp
 scikit-image. The demo selects 64/32/16 tokens with the exact and the randomized method and with
 the pivoted strategy, prints selection and prefill times and how often each agrees with the exact
 top-K leverage choice, and draws the kept patches over the photo. With ``--model PATH --prompt "..."`` it loads a local llava-hf checkpoint instead and
-answers the question with and without pruning, side by side.
+answers the question with and without pruning, side by side. ``--family llava-next`` runs the
+same on a random-weight LLaVA-NeXT-shaped model (336 px anyres: base view plus up to four tiles,
+about 2,000-2,900 visual tokens) with ``budget`` per image, and draws the kept patches on the base
+view and on each tile.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import torch
 import svdprune_cuda
 
 from . import llava
+from .integrations import prune
+from .testing.measure import SELECTIONS, median_seconds
 
 __all__ = ["add_arguments", "run", "load_photo", "plot_kept_patches"]
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+FAMILIES = ("llava-1.5", "llava-next")
 DEFAULT_QUESTION = "What is shown in this picture?"
 # Widths of the random-weight model: small enough for a CPU, geometry as LLaVA-1.5.
 DEMO_MODEL = dict(vision_hidden=128, vision_layers=2, text_hidden=512, text_layers=4, text_heads=8)
@@ -41,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[64, 32, 16], help="tokens to keep per image (with --model: the first)")
     parser.add_argument("--variance", type=float, default=0.9, help="energy kept by the truncated SVD")
     parser.add_argument("--source", choices=llava.SOURCES, default="projector", help="features the selection reads")
+    parser.add_argument("--family", choices=FAMILIES, default="llava-1.5", help="random-weight model to build (default: %(default)s)")
+    parser.add_argument("--tile-size", type=int, default=336, help="--family llava-next: crop size in px, a multiple of 14 (default: %(default)s, LLaVA-NeXT's own)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--model", help="local llava-hf/llava-1.5-*-hf checkpoint (directory or cached name)")
     parser.add_argument("--prompt", default=DEFAULT_QUESTION, help="question for --model")
@@ -75,7 +83,6 @@ def _model_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
 def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tensor], title: str, out: str) -> None:
     """One row per method, one column per budget: kept patches bright and outlined, the rest dimmed."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
 
     methods = list(dict.fromkeys(method for method, _ in masks))
     budgets = list(dict.fromkeys(budget for _, budget in masks))
@@ -92,13 +99,23 @@ def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tens
     for row, method in enumerate(methods):
         for column, budget in enumerate(budgets, start=1):
             kept = masks[(method, budget)].view(grid, grid).cpu().numpy()
-            shade = np.kron(kept, np.ones((patch, patch)))[..., None]
-            axes[row, column].imshow(photo * (0.25 + 0.75 * shade) + 0.1 * (1 - shade))
-            for y, x in zip(*np.nonzero(kept)):
-                axes[row, column].add_patch(
-                    Rectangle((x * patch - 0.5, y * patch - 0.5), patch, patch, fill=False, lw=1.0, ec="#ffd21f")
-                )
+            _draw_kept(axes[row, column], photo, kept, line_width=1.0)
             axes[row, column].set_title(f"{method}: {int(kept.sum())} kept", fontsize=10)
+    _finish_figure(figure, axes, title, out)
+
+
+def _draw_kept(axis, photo: np.ndarray, kept: np.ndarray, line_width: float) -> None:
+    """``photo`` with the patches of the ``[rows, cols]`` bool grid ``kept`` bright and outlined."""
+    from matplotlib.patches import Rectangle
+
+    patch = photo.shape[0] // kept.shape[0]
+    shade = np.kron(kept, np.ones((patch, patch)))[..., None]
+    axis.imshow(photo * (0.25 + 0.75 * shade) + 0.1 * (1 - shade))
+    for y, x in zip(*np.nonzero(kept)):
+        axis.add_patch(Rectangle((x * patch - 0.5, y * patch - 0.5), patch, patch, fill=False, lw=line_width, ec="#ffd21f"))
+
+
+def _finish_figure(figure, axes, title: str, out: str) -> None:
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -107,9 +124,27 @@ def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tens
     figure.savefig(out)
 
 
+def _print_table(rows, full_seconds: float, n: int, variance: float) -> None:
+    header = f"{'method':<11} {'kept':>4} {'rank':>4} {'selection':>10} {'prefill full -> pruned':>24} {'speed-up':>8} {'same tokens as exact':>21}"
+    print(header)
+    print("-" * len(header))
+    for method, budget, rank, select_seconds, pruned_seconds, overlap in rows:
+        agreement = "-" if method == "exact" else f"{overlap:.0%}"
+        print(
+            f"{method:<11} {budget:>4} {rank:>4} {select_seconds * 1e3:>7.2f} ms "
+            f"{full_seconds * 1e3:>9.1f} ms -> {pruned_seconds * 1e3:>6.1f} ms {full_seconds / pruned_seconds:>7.1f}x "
+            f"{agreement:>21}"
+        )
+    print(
+        "\nprefill = one forward pass over the prompt (vision tower, selection, language model); "
+        f"full keeps all {n} visual tokens.\nrank = singular directions holding {variance:.0%} of the energy; "
+        "same tokens = share of the selection that the exact (top-K leverage) one also keeps;\n"
+        "pivoted = strategy='pivoted', greedy column pivoting on the top-K singular vectors (non-redundant tokens)."
+    )
+
+
 def _random_model_demo(args) -> None:
     from .testing import models as tiny_models
-    from .testing.measure import SELECTIONS, median_seconds
 
     torch.manual_seed(0)
     processor = tiny_models.build_processor()
@@ -152,24 +187,80 @@ def _random_model_demo(args) -> None:
                 overlap = (masks[(label, budget)] & masks[("exact", budget)]).sum().item() / budget
                 rows.append((label, budget, rank, select_seconds, pruned_seconds, overlap))
 
-    header = f"{'method':<11} {'kept':>4} {'rank':>4} {'selection':>10} {'prefill full -> pruned':>24} {'speed-up':>8} {'same tokens as exact':>21}"
-    print(header)
-    print("-" * len(header))
-    for method, budget, rank, select_seconds, pruned_seconds, overlap in rows:
-        agreement = "-" if method == "exact" else f"{overlap:.0%}"
-        print(
-            f"{method:<11} {budget:>4} {rank:>4} {select_seconds * 1e3:>7.2f} ms "
-            f"{full_seconds * 1e3:>9.1f} ms -> {pruned_seconds * 1e3:>6.1f} ms {full_seconds / pruned_seconds:>7.1f}x "
-            f"{agreement:>21}"
-        )
-    print(
-        "\nprefill = one forward pass over the prompt (vision tower, selection, language model); "
-        f"full keeps all {n} visual tokens.\nrank = singular directions holding {args.variance:.0%} of the energy; "
-        "same tokens = share of the selection that the exact (top-K leverage) one also keeps;\n"
-        "pivoted = strategy='pivoted', greedy column pivoting on the top-K singular vectors (non-redundant tokens)."
-    )
+    _print_table(rows, full_seconds, n, args.variance)
     title = f"Tokens kept by SVD-Prune ({args.source} features; random-weight LLaVA-1.5-shaped model)"
     plot_kept_patches(_model_view(processor, inputs.pixel_values[0]), masks, title, args.out)
+    print(f"\nwrote {args.out}")
+
+
+def plot_kept_tiles(crops: list[np.ndarray], masks: dict[str, list[np.ndarray]], title: str, out: str) -> None:
+    """One row per method, one column per crop (base view, then the tiles): kept patches outlined."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2.6 * len(crops), 2.8 * len(masks) + 0.6), dpi=110)
+    axes = figure.subplots(len(masks), len(crops), squeeze=False)
+    for row, (method, kept_per_crop) in enumerate(masks.items()):
+        for column, (crop, kept) in enumerate(zip(crops, kept_per_crop)):
+            grid = int(round(kept.size**0.5))
+            _draw_kept(axes[row, column], crop, kept.reshape(grid, grid), line_width=0.6)
+            name = "base view" if column == 0 else f"tile {column}"
+            axes[row, column].set_title(f"{method}, {name}: {int(kept.sum())} kept", fontsize=9)
+    _finish_figure(figure, axes, title, out)
+
+
+def _random_next_demo(args) -> None:
+    from .integrations import adapter_for
+    from .testing import models as tiny_models
+
+    torch.manual_seed(0)
+    if args.tile_size < tiny_models.PATCH_SIZE or args.tile_size % tiny_models.PATCH_SIZE:
+        raise SystemExit(f"svdprune demo: --tile-size must be a positive multiple of {tiny_models.PATCH_SIZE}, got {args.tile_size}")
+    processor = tiny_models.build_next_processor(tile_size=args.tile_size)
+    model = tiny_models.build_next_model(processor, **DEMO_MODEL)
+    photo = load_photo(args.image)
+    prompt = f"USER: <image>\n{DEFAULT_QUESTION} ASSISTANT:"
+    inputs = processor(images=photo, text=prompt, return_tensors="pt")
+    print("svdprune demo: SVD-Prune on a LLaVA-NeXT-shaped model (anyres base view plus tiles).")
+    print(
+        "The model has RANDOM WEIGHTS (nothing is downloaded): the selection, its timings and the prefill\n"
+        "savings are real, but the model's outputs are meaningless.\n"
+    )
+    per_crop = (args.tile_size // tiny_models.PATCH_SIZE) ** 2
+    adapter = adapter_for(model)
+    crops = adapter.crops_per_image(inputs.image_sizes, {})[0]
+    with torch.inference_mode():
+        visual = adapter.visuals(dict(inputs), args.source, "image")[0][2][0]
+        tokens = visual.scored[visual.groups[0]][None]  # [1, N, D]: the image's visual tokens
+        print(
+            f"photo:  {args.image}, {photo.shape[1]}x{photo.shape[0]} px -> base view + {crops - 1} tiles of "
+            f"{args.tile_size} px -> {tokens.shape[1]} visual tokens + {int(visual.newline.sum())} row newlines\n"
+            f"select: {args.source} features, variance {args.variance}, budget per image (base view and tiles together); "
+            f"{torch.get_num_threads()} CPU threads; times are medians of {args.repeats} runs\n"
+        )
+        full_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
+        rows, kept_tokens = [], {}
+        for budget in args.budgets:
+            for label, (method, strategy) in SELECTIONS.items():
+                select = functools.partial(svdprune_cuda.select, tokens, budget, args.variance, method=method, strategy=strategy)
+                select_seconds = median_seconds(select, args.repeats)
+                rank = int(select()[2][0])
+                with prune(model, processor, budget=budget, variance=args.variance, method=method,
+                           source=args.source, strategy=strategy) as handle:
+                    pruned_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
+                    mask = handle.last_mask[0]
+                kept_tokens[(label, budget)] = set(visual.sources[mask & ~visual.newline].tolist())
+                overlap = len(kept_tokens[(label, budget)] & kept_tokens[("exact", budget)]) / budget
+                rows.append((label, budget, rank, select_seconds, pruned_seconds, overlap))
+    _print_table(rows, full_seconds, tokens.shape[1], args.variance)
+    budget = args.budgets[0]
+    masks = {}
+    for label in SELECTIONS:
+        kept = np.zeros(crops * per_crop, dtype=bool)
+        kept[sorted(kept_tokens[(label, budget)])] = True
+        masks[label] = list(kept.reshape(crops, per_crop))
+    views = [_model_view(processor, crop) for crop in inputs.pixel_values[0, :crops]]
+    title = f"{budget} tokens kept by SVD-Prune over the base view and tiles ({args.source} features; random-weight LLaVA-NeXT)"
+    plot_kept_tiles(views, masks, title, args.out)
     print(f"\nwrote {args.out}")
 
 
@@ -223,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     if any(budget < 1 for budget in args.budgets):
         raise SystemExit(f"svdprune demo: --budgets must be positive, got {args.budgets}")
     if args.model is None:
-        _random_model_demo(args)
+        _random_next_demo(args) if args.family == "llava-next" else _random_model_demo(args)
     else:
         _checkpoint_demo(args)
     return 0

@@ -43,6 +43,7 @@ __all__ = [
     "ProjectorConfig",
     "LlavaConfig",
     "LLAVA_15",
+    "LLAVA_NEXT",
     "BUDGETS",
     "decoder_prefill_flops",
     "decoder_decode_flops",
@@ -83,14 +84,16 @@ class VisionTowerConfig:
     image_size: int = 336
     patch_size: int = 14
     channels: int = 3
+    crops: int = 1  # images the tower encodes per input image (LLaVA-NeXT anyres: base view + 4 tiles)
 
     @property
     def patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        """Visual tokens of one input image, over all its crops."""
+        return self.crops * (self.image_size // self.patch_size) ** 2
 
     @property
     def tokens(self) -> int:
-        return self.patches + 1  # + CLS
+        return (self.image_size // self.patch_size) ** 2 + 1  # one crop's sequence, + CLS
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,19 @@ LLAVA_15 = {
         DecoderConfig(layers=40, hidden=5120, intermediate=13824, heads=40, vocab=32000),
         VisionTowerConfig(),
         ProjectorConfig(1024, 5120),
+    ),
+}
+
+
+# From the public llava-hf/llava-v1.6-vicuna-7b-hf config (Vicuna-1.5-7B, CLIP ViT-L/14-336) at its
+# largest anyres grid, 672 x 672: the base view and four tiles, 5 x 576 = 2,880 visual tokens (the
+# model adds 48 row newlines and drops unpadded rows of non-square images; neither is counted).
+LLAVA_NEXT = {
+    "7b": LlavaConfig(
+        "LLaVA-NeXT-7B",
+        DecoderConfig(layers=32, hidden=4096, intermediate=11008, heads=32, vocab=32064),
+        VisionTowerConfig(crops=5),
+        ProjectorConfig(1024, 4096),
     ),
 }
 
@@ -173,7 +189,7 @@ def decoder_decode_flops(config: DecoderConfig, prompt_tokens: int, steps: int) 
 def vision_tower_flops(config: VisionTowerConfig) -> float:
     patch_embedding = 2 * config.patches * (config.channels * config.patch_size**2) * config.hidden
     layer = _layer_flops(config.hidden, config.intermediate, 2, config.tokens, config.tokens, False)
-    return patch_embedding + config.layers * sum(layer.values())
+    return patch_embedding + config.crops * config.layers * sum(layer.values())
 
 
 def projector_flops(config: ProjectorConfig, tokens: int) -> float:

@@ -1,0 +1,98 @@
+"""``svdprune.prune``: SVD-Prune inside Hugging Face transformers vision-language models.
+
+    with svdprune.prune(model, processor, budget=64):
+        inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device)
+        output = model.generate(**inputs, max_new_tokens=32)
+
+The pieces, one module each: :mod:`.adapter` (what a family looks like) with one adapter per
+family (:mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`), :mod:`.selection` (which
+tokens each image, tile, frame or clip keeps), :mod:`.batch` (shortening the batch around them,
+with no model involved) and :mod:`.handle` (wrapping ``forward`` and ``generate``).
+"""
+
+from __future__ import annotations
+
+import svdprune_cuda
+
+from .adapter import Adapter
+from .handle import PruneHandle
+from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+
+__all__ = ["prune", "PruneHandle", "ADAPTERS", "SOURCES", "adapter_for"]
+
+SOURCES = ("projector", "vision")
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter)
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter of ``model``'s family; ``TypeError`` naming the supported classes otherwise."""
+    # Most derived first: a subclass of a supported class is served by its own family's adapter.
+    for adapter in ADAPTERS:
+        if type(model).__name__ == adapter.class_name:
+            return adapter(model)
+    for adapter in ADAPTERS:
+        if adapter.serves(model):
+            return adapter(model)
+    supported = ", ".join(adapter.class_name for adapter in ADAPTERS)
+    raise TypeError(f"svdprune.prune supports transformers' {supported}; got {type(model).__name__}")
+
+
+def prune(
+    model,
+    processor=None,
+    *,
+    budget: int | None = 64,
+    variance: float = 0.9,
+    method: str = "auto",
+    strategy: str = "leverage",
+    source: str = "projector",
+    scope: str = "image",
+) -> PruneHandle:
+    """Make ``model`` see only the selected visual tokens of every image and video it is given.
+
+    Args:
+        model: a supported transformers model (see ``ADAPTERS``); its ``forward`` and ``generate``
+            are wrapped in place.
+        processor: its processor (optional): the tokenizer's padding side and pad token are used
+            when the batch itself does not show them.
+        budget: visual tokens kept per image (``scope="image"``: LLaVA-NeXT and OneVision count
+            the base view and all tiles together), per tile (``"tile"``), per video frame, or per
+            whole video (``"video"``); ``None`` for the adaptive mode (``select_adaptive`` per
+            image, tile, frame or video: the fewest tokens whose cumulative leverage reaches
+            ``variance * rank``). Row-end ``image_newline`` tokens are not counted: one stays
+            after every row that keeps a token.
+        variance: fraction of the energy the truncated SVD keeps, in ``(0, 1]``.
+        method: ``"exact"``, ``"randomized"`` or ``"auto"``.
+        strategy: how a fixed ``budget`` is chosen: ``"leverage"`` (top-K leverage) or
+            ``"pivoted"`` (column pivoting on the top-K singular vectors); see ``svdprune_cuda.select``.
+        source: ``"projector"`` scores the projected features the language model receives,
+            ``"vision"`` the vision-tower features the projector reads (laid out, tiled and pooled
+            as the model lays out the projected ones). Either way the language model receives the
+            projected features of the kept tokens, in their original order.
+        scope: ``"image"``, ``"tile"`` or ``"video"``, what one ``budget`` covers (above).
+
+    Returns:
+        A :class:`PruneHandle`; ``handle.remove()`` or ``with prune(...):`` restores the model.
+    """
+    adapter = adapter_for(model)
+    if getattr(model, "_svdprune_handle", None) is not None:
+        raise RuntimeError("svdprune.prune: this model is already pruned; call .remove() on its handle first")
+    most = adapter.fixed_tokens
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1 or (most and budget > most)):
+        limit = f"[1, {most}] (tokens per image)" if most else ">= 1"
+        raise ValueError(f"budget must be an int in {limit} or None for adaptive, got {budget!r}")
+    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance <= 1:
+        raise ValueError(f"variance must be in (0, 1], got {variance!r}")
+    if method not in svdprune_cuda.METHODS:
+        raise ValueError(f"method must be one of {svdprune_cuda.METHODS}, got {method!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if strategy not in svdprune_cuda.STRATEGIES:
+        raise ValueError(f"strategy must be one of {svdprune_cuda.STRATEGIES}, got {strategy!r}")
+    if budget is None and strategy != "leverage":
+        raise ValueError(f"strategy {strategy!r} needs an int budget; the adaptive mode (budget=None) ranks by leverage")
+    if scope not in adapter.scopes:
+        raise ValueError(f"scope must be one of {adapter.scopes} for {adapter.family}, got {scope!r}")
+    return PruneHandle(model, adapter, processor, budget, float(variance), method, source, strategy, scope)
