@@ -93,7 +93,7 @@ setup(
     name="svdprune",
     version=__version__,
     description="CUDA-accelerated SVD-based vision-token pruning for vision-language models",
-    packages=["svdprune_cuda", "svdprune", "svdprune.testing"],
+    packages=["svdprune_cuda", "svdprune", "svdprune.testing", "svdprune.vllm"],
     package_dir={"svdprune_cuda": "svdprune_cuda", "svdprune": "python/svdprune"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
@@ -102,7 +102,11 @@ setup(
     extras_require={
         "llava": ["transformers>=4.57", "tokenizers", "safetensors", "pillow"],
         "demo": ["scikit-image", "matplotlib", "pillow", "transformers>=4.57", "tokenizers"],
+        "vllm": ["vllm>=0.32"],
         "test": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "scikit-learn", "matplotlib"],
     },
-    entry_points={"console_scripts": ["svdprune = svdprune.__main__:main"]},
+    entry_points={
+        "console_scripts": ["svdprune = svdprune.__main__:main"],
+        "vllm.general_plugins": ["svdprune = svdprune.vllm:register"],
+    },
 )
