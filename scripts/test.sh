@@ -12,6 +12,7 @@ if [ -f scripts/test_transformers4.sh ]; then
 fi
 bash scripts/setup_vllm_env.sh
 if [ -e .venv-vllm/.ready ]; then
-  # -P: import the svdprune installed in .venv-vllm, not the checkout (whose library is .venv's).
-  .venv-vllm/bin/python -P -m pytest -q tests/test_vllm.py
+  # PYTHONSAFEPATH: this process and the ones vLLM starts import the svdprune installed in
+  # .venv-vllm, not the checkout in the working directory (whose library is built for .venv).
+  PYTHONSAFEPATH=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py
 fi
