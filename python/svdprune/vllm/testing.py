@@ -15,9 +15,10 @@ from svdprune.testing import models
 
 __all__ = ["write_checkpoint", "CHAT_TEMPLATE"]
 
-# LLaVA-1.5's conversation format: "USER: <image>\n<question> ASSISTANT: <answer></s>"
+# LLaVA-1.5's conversation format: "<s>USER: <image>\n<question> ASSISTANT: <answer></s>" (the
+# <s> is written here because vLLM does not add special tokens to a rendered chat)
 CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+    "{{ bos_token }}{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}"
