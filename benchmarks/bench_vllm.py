@@ -1,0 +1,167 @@
+"""vLLM serving throughput and latency, all 576 visual tokens vs svdprune budgets (results: VLLM.md).
+
+A LLaVA-1.5-7B-shaped model with random weights and few layers is written to disk (CLIP-L widths:
+1024 hidden, 336 px / 14 px so 576 tokens per image; Llama-7B widths: 4096 hidden, 32 heads), then
+for each budget one vLLM engine (offline ``LLM``, the plugin switched on with ``hf_overrides``)
+answers a batch of concurrent requests, each with its own photo, and reports
+
+- requests per second: requests / wall time of the whole batch;
+- time to first token: vLLM's per-request first-token latency (queueing included), mean;
+- output tokens per second: generated tokens / wall time of the whole batch.
+
+Run in .venv-vllm (scripts/setup_vllm_env.sh)::
+
+    .venv-vllm/bin/python -P benchmarks/bench_vllm.py            # writes benchmarks/vllm_results/results.json
+    .venv/bin/python benchmarks/bench_vllm.py --plot              # the plot (needs matplotlib)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "vllm_results"
+BUDGETS = [None, 192, 128, 64, 32, 16]  # None: the stock model, all 576 tokens
+PROMPT = "USER: <image>\nWhat is shown in this picture? Describe it in detail. ASSISTANT:"
+SHAPE = dict(vision_hidden=1024, vision_layers=2, text_hidden=4096, text_layers=2, text_heads=32, dtype=None)
+
+
+def photos(count: int):
+    """``count`` distinct pictures (the photos and their mirror images) so no cache serves one twice."""
+    import numpy as np
+    from PIL import Image
+
+    from svdprune.testing import images
+
+    pictures = list(images.load_photos(["astronaut", "chelsea", "coffee", "rocket", "camera"]).values())
+    pictures += [np.ascontiguousarray(picture[:, ::-1]) for picture in pictures]
+    if count > len(pictures):
+        raise ValueError(f"at most {len(pictures)} requests (distinct pictures), got {count}")
+    return [Image.fromarray(picture).convert("RGB") for picture in pictures[:count]]
+
+
+def run(budget, checkpoint: str, requests: int, max_tokens: int) -> dict:
+    import vllm
+
+    overrides = {} if budget is None else {"svdprune": {"budget": budget}}
+    llm = vllm.LLM(
+        model=checkpoint,
+        hf_overrides=overrides,
+        dtype="float32",
+        max_model_len=2048,
+        enforce_eager=True,
+        enable_prefix_caching=False,  # every request pays its own prefill
+        disable_log_stats=False,  # per-request first-token latency
+        seed=0,
+    )
+    try:
+        params = vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        pictures = photos(requests + 1)
+        llm.generate({"prompt": PROMPT, "multi_modal_data": {"image": pictures[-1]}}, params)  # warm-up
+        batch = [{"prompt": PROMPT, "multi_modal_data": {"image": picture}} for picture in pictures[:requests]]
+        start = time.perf_counter()
+        outputs = llm.generate(batch, params)
+        wall = time.perf_counter() - start
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    generated = sum(len(output.outputs[0].token_ids) for output in outputs)
+    return {
+        "budget": budget,
+        "prompt_tokens": len(outputs[0].prompt_token_ids),
+        "requests_per_s": requests / wall,
+        "ttft_s": sum(output.metrics.first_token_latency for output in outputs) / requests,
+        "output_tokens_per_s": generated / wall,
+        "wall_s": wall,
+    }
+
+
+def measure(args) -> None:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    import torch
+
+    from svdprune.vllm.testing import write_checkpoint
+
+    shape = {**SHAPE, "dtype": torch.float32}
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        write_checkpoint(directory, **shape)
+        for budget in args.budgets:
+            rows.append(run(budget, directory, args.requests, args.max_tokens))
+            print(json.dumps(rows[-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {
+        "machine": args.machine,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "vllm": __import__("vllm").__version__,
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "shape": {key: value for key, value in SHAPE.items() if key != "dtype"},
+    }
+    (RESULTS / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(table(rows))
+
+
+def table(rows) -> str:
+    full = rows[0]
+    lines = [
+        "| visual tokens | prompt tokens | requests/s | time to first token | output tokens/s | speed-up (req/s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        tokens = "576 (full)" if row["budget"] is None else str(row["budget"])
+        lines.append(
+            f"| {tokens} | {row['prompt_tokens']} | {row['requests_per_s']:.3f} | {row['ttft_s']:.2f} s "
+            f"| {row['output_tokens_per_s']:.2f} | {row['requests_per_s'] / full['requests_per_s']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads((RESULTS / "results.json").read_text())
+    rows = data["rows"]
+    tokens = [576 if row["budget"] is None else row["budget"] for row in rows]
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for axis, key, label in zip(
+        axes,
+        ["requests_per_s", "ttft_s", "output_tokens_per_s"],
+        ["requests / s", "time to first token (s)", "output tokens / s"],
+    ):
+        axis.plot(tokens, [row[key] for row in rows], "o-")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(tokens, [str(t) for t in tokens])
+        axis.set_xlabel("visual tokens per image")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"vLLM {data['meta']['vllm']}, LLaVA-1.5-7B-shaped ({data['meta']['machine']})", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(RESULTS / "vllm.png", dpi=120)
+    print(RESULTS / "vllm.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4, help="concurrent requests per budget")
+    parser.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request")
+    parser.add_argument(
+        "--budgets", type=lambda s: [None if b == "full" else int(b) for b in s.split(",")],
+        default=BUDGETS, help="comma-separated, 'full' for all tokens (default: full,192,128,64,32,16)",
+    )  # fmt: skip
+    parser.add_argument("--machine", default="2-core AMD EPYC VM, no GPU", help="recorded with the results")
+    parser.add_argument("--plot", action="store_true", help="only plot the saved results (needs matplotlib)")
+    args = parser.parse_args()
+    plot() if args.plot else measure(args)
+
+
+if __name__ == "__main__":
+    main()

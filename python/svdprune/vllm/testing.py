@@ -1,0 +1,73 @@
+"""A randomly initialised LLaVA-1.5 written to disk as a checkpoint vLLM can serve (nothing downloaded).
+
+vLLM 0.32 loads LLaVA weights by the names of the llava-hf checkpoints on the Hub
+(``language_model.model.…``, ``vision_tower.vision_model.…``, ``multi_modal_projector.…``,
+``language_model.lm_head.…``), so the state dict is written under those names rather than with
+``save_pretrained``. vLLM's CPU attention needs a head size of at least 32: the defaults here
+give the language model 64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from svdprune.testing import models
+
+__all__ = ["write_checkpoint", "CHAT_TEMPLATE"]
+
+# LLaVA-1.5's conversation format: "<s>USER: <image>\n<question> ASSISTANT: <answer></s>" (the
+# <s> is written here because vLLM does not add special tokens to a rendered chat)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% else %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+_HUB_PREFIXES = {
+    "model.language_model.": "language_model.model.",
+    "model.vision_tower.": "vision_tower.",
+    "model.multi_modal_projector.": "multi_modal_projector.",
+    "lm_head.": "language_model.lm_head.",
+}
+
+
+def _hub_name(name: str) -> str:
+    for prefix, hub_prefix in _HUB_PREFIXES.items():
+        if name.startswith(prefix):
+            name = hub_prefix + name[len(prefix) :]
+            break
+    if name.startswith("vision_tower.") and not name.startswith("vision_tower.vision_model."):
+        name = "vision_tower.vision_model." + name[len("vision_tower.") :]
+    return name
+
+
+def write_checkpoint(directory, **model_options):
+    """Build a tiny LLaVA-1.5 (``svdprune.testing.models.build_model(**model_options)``) and write it
+    to ``directory`` (config, safetensors, tokenizer, processor, chat template).
+
+    Returns ``(model, processor)``: the same weights, in memory, as transformers objects.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    options = {"text_hidden": 128, "text_heads": 2, **model_options}
+    processor = models.build_processor()
+    processor.chat_template = CHAT_TEMPLATE
+    processor.tokenizer.chat_template = CHAT_TEMPLATE
+    model = models.build_model(processor, **options)
+    weights = {_hub_name(name): tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]  # vLLM picks its model class by this
+    model.config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
