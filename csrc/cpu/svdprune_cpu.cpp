@@ -259,22 +259,27 @@ constexpr int kSafeExponent = 32;
 
 // The image (contiguous, in the compute dtype) ready to decompose, and its ‖X‖_F². An image whose
 // largest entry is far from 1 is multiplied by the power of two that brings it near 1: exact in
-// floating point, and leverage and rank do not depend on the scale. Centering comes after, so
-// that it cannot overflow. The energy pass doubles as the NaN/Inf check: the full scan runs
-// only to tell NaN/Inf apart from a float64 overflow.
+// floating point, and leverage and rank do not depend on the scale. That comes before centering,
+// so that centering cannot overflow, and again after it, which can leave entries far smaller than
+// the image's. The energy pass doubles as the NaN/Inf check: the full scan runs only to tell
+// NaN/Inf apart from a float64 overflow.
 std::pair<at::Tensor, double> prepare(at::Tensor image, bool center) {
   Magnitude m = magnitude(image);
   if (!std::isfinite(m.energy)) {
     TORCH_CHECK(at::isfinite(image).all().item<bool>(), "svdprune: features contains NaN or Inf");
   }
-  const int exponent = m.largest > 0.0 ? std::ilogb(m.largest) : 0;
-  if (std::abs(exponent) > kSafeExponent) {
+  const auto rescale = [&] {
+    const int exponent = m.largest > 0.0 ? std::ilogb(m.largest) : 0;
+    if (std::abs(exponent) <= kSafeExponent) return;
     image = image * std::ldexp(1.0, -exponent);
     m = magnitude(image);
-  }
+  };
+  rescale();
   if (center) {
-    image = image - image.mean(0, /*keepdim=*/true);
+    // The mean accumulated in double: the tokens of a constant image centre to exactly zero.
+    image = image - image.mean(at::IntArrayRef{0}, /*keepdim=*/true, at::kDouble).to(image.scalar_type());
     m = magnitude(image);
+    rescale();
   }
   return {image, m.energy};
 }
