@@ -3,6 +3,7 @@
 #include "svdprune.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -116,6 +117,18 @@ at::Tensor unbatch(const at::Tensor& t, const at::Tensor& features) {
   return features.dim() == 3 ? t : t.squeeze(0);
 }
 
+namespace {
+
+// The selection is not differentiable (indices, masks, counts and ranks are integers; scores
+// are returned without a gradient), so the Autograd kernel of every op runs the backend kernel
+// below autograd: the ATen calls inside it do not record a graph for features that require
+// grad, and no output requires grad.
+void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+}  // namespace
 }  // namespace svdprune
 
 TORCH_LIBRARY(svdprune, m) {
@@ -126,4 +139,10 @@ TORCH_LIBRARY(svdprune, m) {
   m.def("select_adaptive(Tensor features, float variance=0.9, int min_tokens=1, int max_tokens=-1,"
         " str method=\"exact\", bool center=False, int seed=0) -> (Tensor mask, Tensor count, Tensor scores,"
         " Tensor rank)");
+}
+
+TORCH_LIBRARY_IMPL(svdprune, Autograd, m) {
+  m.impl("leverage", torch::CppFunction::makeFromBoxedFunction<&svdprune::below_autograd>());
+  m.impl("select", torch::CppFunction::makeFromBoxedFunction<&svdprune::below_autograd>());
+  m.impl("select_adaptive", torch::CppFunction::makeFromBoxedFunction<&svdprune::below_autograd>());
 }

@@ -4,6 +4,11 @@ Importing this package loads the compiled library, which registers
 ``torch.ops.svdprune.leverage``, ``torch.ops.svdprune.select`` and
 ``torch.ops.svdprune.select_adaptive`` for the CPU (and, when built with CUDA, the CUDA)
 dispatch keys. The functions below are typed wrappers around those ops.
+
+The selection is not differentiable. The ops accept features that require grad (straight from a
+model's forward pass) and inference tensors, on every device, eagerly and under torch.compile;
+no output carries a gradient: indices, masks, counts and ranks are integers, and ``scores`` are
+returned detached. A model's graph runs on through the features it gathers at the kept indices.
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ def leverage(
         ``scores`` ``[B, N]`` (float32, float64 for float64 input), leverage
         ``sum_{i<=k} U[j, i]^2`` summing to ``rank``; ``rank`` ``[B]`` int64, the smallest
         ``k`` whose singular values capture ``variance`` of the energy. The batch dimension
-        is dropped for unbatched input.
+        is dropped for unbatched input. No output carries a gradient: ``scores`` are detached
+        even when ``features`` requires grad.
     """
     _check_finite(features, check_finite)
     return torch.ops.svdprune.leverage(features, variance, method, center, seed)

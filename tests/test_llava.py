@@ -187,6 +187,32 @@ def test_adaptive_keeps_select_adaptive_tokens(models, processors, images):
         assert torch.equal(placed, projected[row, mask[row]])
 
 
+@pytest.mark.parametrize("source,budget", [("projector", 32), ("vision", None)])
+def test_training_mode_with_gradients(models, processors, images, source, budget):
+    # A model in train() mode outside no_grad: the selection is the one made in eval mode, takes
+    # no gradient, and the backward pass reaches the language model and the projector.
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:2], PROMPTS)
+    with llava.prune(model, processor, budget=budget, source=source) as handle:
+        model(**inputs)
+        eval_mask = handle.last_mask
+        model.train()
+        try:
+            with torch.enable_grad():
+                logits = model(**inputs).logits
+                assert logits.requires_grad
+                logits.square().mean().backward()
+        finally:
+            model.eval()
+        assert torch.equal(handle.last_mask, eval_mask) and not handle.last_mask.requires_grad
+    try:
+        for part in (model.model.language_model, model.model.multi_modal_projector):
+            grads = [p.grad for p in part.parameters()]
+            assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
 def test_several_images_per_prompt(models, processors, images):
     model, processor = models[torch.float32], processors["left"]
     prompts = ["USER: <image>\n<image>\nCompare the two pictures. ASSISTANT:", PROMPTS[1]]

@@ -214,37 +214,74 @@ at::Tensor select_pivoted(const Basis& basis, const at::Tensor& scores, int64_t 
 // Sum of squares accumulated in double, as on CUDA: a float32 BLAS dot accumulates in float32,
 // which at 576 × 4096 is off by up to ~1e-4 relative (more than the rank cut's slack, so
 // the rank at τ = 0.999 could change) and by a different amount for each thread count.
-// Independent partial sums let the additions overlap.
+// Independent partial sums let the additions overlap. The same pass finds the largest magnitude.
+struct Magnitude {
+  double energy;   // ‖X‖_F², not finite when X holds NaN/Inf (or, in float64, when it overflows)
+  double largest;  // max |x|
+};
+
 template <typename scalar_t>
-double sum_of_squares(const scalar_t* values, int64_t count) {
+Magnitude magnitude(const scalar_t* values, int64_t count) {
   constexpr int64_t kLanes = 8;
-  double lanes[kLanes] = {};
+  double lanes[kLanes] = {}, largest[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= count; i += kLanes) {
     for (int64_t lane = 0; lane < kLanes; ++lane) {
       const double v = values[i + lane];
       lanes[lane] += v * v;
+      largest[lane] = std::max(largest[lane], std::abs(v));
     }
   }
-  double total = 0.0;
-  for (; i < count; ++i) total += static_cast<double>(values[i]) * values[i];
-  for (const double lane : lanes) total += lane;
-  return total;
+  Magnitude out{0.0, 0.0};
+  for (; i < count; ++i) {
+    const double v = values[i];
+    out.energy += v * v;
+    out.largest = std::max(out.largest, std::abs(v));
+  }
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    out.energy += lanes[lane];
+    out.largest = std::max(out.largest, largest[lane]);
+  }
+  return out;
 }
 
-// ‖X‖_F² of a contiguous image, which doubles as the NaN/Inf check: any non-finite entry makes
-// it non-finite, so the full scan runs only to tell NaN/Inf apart from overflow. The Gram and
-// sketch products, computed in the image's dtype, overflow once ‖X‖_F² does not fit it.
-double energy(const at::Tensor& image) {
-  double total = 0.0, largest = 0.0;
-  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "energy", [&] {
-    total = sum_of_squares(image.data_ptr<scalar_t>(), image.numel());
-    largest = static_cast<double>(std::numeric_limits<scalar_t>::max());
-  });
-  if (std::isfinite(total) && total <= largest) return total;
-  TORCH_CHECK(at::isfinite(image).all().item<bool>(), "svdprune: features contains NaN or Inf");
-  TORCH_CHECK(false, "svdprune: features too large for ", image.scalar_type(),
-              " computation (||X||_F^2 overflows); pass float64 features");
+Magnitude magnitude(const at::Tensor& image) {
+  Magnitude out{};
+  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "magnitude",
+                             [&] { out = magnitude(image.data_ptr<scalar_t>(), image.numel()); });
+  return out;
+}
+
+// Entries whose magnitude is beyond 2^±kSafeExponent are scaled first: the Gram and sketch
+// products, computed in the image's dtype, hold squares of the entries, which overflow float32
+// near its largest values and underflow (to subnormals, then zero) below about 1e-19.
+constexpr int kSafeExponent = 32;
+
+// The image (contiguous, in the compute dtype) ready to decompose, and its ‖X‖_F². An image whose
+// largest entry is far from 1 is multiplied by the power of two that brings it near 1: exact in
+// floating point, and leverage and rank do not depend on the scale. That comes before centering,
+// so that centering cannot overflow, and again after it, which can leave entries far smaller than
+// the image's. The energy pass doubles as the NaN/Inf check: the full scan runs only to tell
+// NaN/Inf apart from a float64 overflow.
+std::pair<at::Tensor, double> prepare(at::Tensor image, bool center) {
+  Magnitude m = magnitude(image);
+  if (!std::isfinite(m.energy)) {
+    TORCH_CHECK(at::isfinite(image).all().item<bool>(), "svdprune: features contains NaN or Inf");
+  }
+  const auto rescale = [&] {
+    const int exponent = m.largest > 0.0 ? std::ilogb(m.largest) : 0;
+    if (std::abs(exponent) <= kSafeExponent) return;
+    image = image * std::ldexp(1.0, -exponent);
+    m = magnitude(image);
+  };
+  rescale();
+  if (center) {
+    // The mean accumulated in double: the tokens of a constant image centre to exactly zero.
+    image = image - image.mean(at::IntArrayRef{0}, /*keepdim=*/true, at::kDouble).to(image.scalar_type());
+    m = magnitude(image);
+    rescale();
+  }
+  return {image, m.energy};
 }
 
 struct Analysis {
@@ -268,9 +305,7 @@ Analysis analyze_batch(const at::Tensor& features, double variance, std::string_
   auto* rank_out = out.rank.data_ptr<int64_t>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      auto image = x[i].to(compute).contiguous();
-      if (center) image = image - image.mean(0, /*keepdim=*/true);
-      const double total = energy(image);
+      const auto [image, total] = prepare(x[i].to(compute).contiguous(), center);
       const Basis basis = !(total > 0.0)              ? Basis{at::zeros({n, 0}, image.options()), 0, 0}
                           : method == Method::Exact ? basis_exact(image, total, variance, slack, pivot_budget)
                                                     : basis_randomized(image, total, variance, slack, seed, pivot_budget);
