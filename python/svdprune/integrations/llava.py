@@ -22,6 +22,12 @@ def vision_features(vision_tower, pixel_values, layer, strategy) -> torch.Tensor
     return torch.cat(selected, dim=-1)
 
 
+def tokens_per_image(config) -> int:
+    """Visual tokens per image as LLaVA-1.5's processor counts them (576 at 336 px / 14 px)."""
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    return grid * grid + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+
 class LlavaAdapter(Adapter):
     class_name = "LlavaForConditionalGeneration"
     family = "LLaVA-1.5"
@@ -30,9 +36,7 @@ class LlavaAdapter(Adapter):
 
     def __init__(self, model):
         super().__init__(model)
-        config = model.config
-        grid = config.vision_config.image_size // config.vision_config.patch_size
-        self.fixed_tokens = grid * grid + (1 if config.vision_feature_select_strategy == "full" else 0)
+        self.fixed_tokens = tokens_per_image(model.config)
 
     def crop_features(self, pixel_values, call) -> tuple[torch.Tensor, torch.Tensor]:
         """``(vision [crops, N, D], projected [crops, N, H])`` for the call's layer and strategy."""

@@ -34,7 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import svdprune_cuda
-from svdprune.llava import SOURCES, _tokens_per_image
+from svdprune.integrations import SOURCES
+from svdprune.integrations.llava import tokens_per_image
 
 __all__ = ["register", "PruneSettings", "settings", "ARCHITECTURE", "KEY"]
 
@@ -74,7 +75,7 @@ def settings(hf_config, architecture: str = ARCHITECTURE) -> PruneSettings | Non
     if unknown:
         raise ValueError(f"{KEY}: unknown key(s) {unknown}; known: {list(PruneSettings.__dataclass_fields__)}")
 
-    n = _tokens_per_image(hf_config)
+    n = tokens_per_image(hf_config)
     budget = raw.get("budget", 64)
     if budget is None:
         raise ValueError(
