@@ -7,7 +7,18 @@ import pytest
 import torch
 
 import svdprune_cuda
-from helpers import DEVICES, DTYPES, METHODS, SPECTRUM, assert_top_k, designed, lifted, run_on, score_tolerance
+from helpers import (
+    DEVICES,
+    DTYPES,
+    METHODS,
+    SPECTRUM,
+    TORCH_DEVICES,
+    assert_top_k,
+    designed,
+    lifted,
+    run_on,
+    score_tolerance,
+)
 from svdprune_cuda import reference
 
 
@@ -83,15 +94,15 @@ def test_batched_equals_unbatched(dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_noncontiguous_input_gives_the_same_result(device):
-    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float().to(device)
+    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float()
     transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    strided = torch.zeros(2, 300, 400, device=device)
+    strided = torch.zeros(2, 300, 400)
     strided[..., ::2] = x
     for view in (transposed, strided[..., ::2]):
         assert not view.is_contiguous()
         for method in METHODS:
-            for got, want in zip(torch.ops.svdprune.select(view, 16, 0.9, method),
-                                 torch.ops.svdprune.select(x, 16, 0.9, method)):
+            for got, want in zip(run_on(device, torch.ops.svdprune.select, view, 16, 0.9, method),
+                                 run_on(device, torch.ops.svdprune.select, x, 16, 0.9, method)):
                 assert torch.equal(got, want)
 
 
@@ -239,7 +250,7 @@ def test_wrappers_forward_to_the_ops():
         (torch.ops.svdprune.select_adaptive.default, (0.9, 1, -1, "exact", False, 0)),
     ],
 )
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("batched", [False, True])
 def test_opcheck(op, args, batched, device):
     x = designed(96, 160, SPECTRUM, batch=2 if batched else None).float().to(device)
