@@ -1,27 +1,31 @@
-// CUDA kernels run on the host, for tests: each CUDA thread of a block is a host thread of a
-// persistent pool, __syncthreads is a barrier of the block, a warp shuffle is a barrier of the
-// warp around a shared exchange slot, and the blocks of a grid run one after the other.
-// Included through the stand-in <cuda_runtime.h> of this directory, so that the same sources
-// (csrc/cuda/*.cuh, *.cu) compile for the GPU under nvcc and for this emulation under g++.
+// CUDA kernels run on the host, for tests: each CUDA thread of a block is a fiber (a ucontext
+// with a stack of its own) on the launching thread, __syncthreads is a barrier of the block's
+// fibers and a warp shuffle a barrier of the warp's around a shared exchange slot; a fiber runs
+// until it reaches a barrier or returns, and a barrier opens once every fiber that has not
+// returned waits at it. The blocks of a grid run one after the other. Included through the
+// stand-in <cuda_runtime.h> of this directory, so that the same sources (csrc/cuda/*.cuh, *.cu)
+// compile for the GPU under nvcc and for this emulation under g++.
 //
-// What the emulation cannot show: timing, memory coalescing, reads of uninitialised
-// __shared__ variables (here they are zero-initialised statics), and the last bits of device
-// math functions (cospi is cos(pi x) here). Threads run freely between the explicit barriers,
-// as they may on GPUs with independent thread scheduling. Built with -fsanitize=thread it
-// reports races between a block's threads (a missing __syncthreads), with -fsanitize=address
-// out-of-bounds accesses (the dynamic shared memory is a heap block of exactly the launch's size).
+// What the emulation cannot show: timing, memory coalescing, reads of uninitialised __shared__
+// variables (here they are zero-initialised statics), and the last bits of device math functions
+// (cospi is cos(pi x) here). Under -fsanitize=thread every fiber is a thread to ThreadSanitizer
+// and the barriers are its only synchronisation, so it reports races between a block's threads
+// (a missing __syncthreads) whatever the order the fibers happen to run in; under
+// -fsanitize=address it reports out-of-bounds accesses (the dynamic shared memory is a heap
+// block of exactly the launch's size).
 #pragma once
 
-#include <barrier>
+#include <ucontext.h>
+
+#include <algorithm>
 #include <climits>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 using std::isfinite;
@@ -37,8 +41,7 @@ struct dim3 {
   unsigned x, y, z;
   dim3(unsigned x = 1, unsigned y = 1, unsigned z = 1) : x(x), y(y), z(z) {}
 };
-inline thread_local uint3 threadIdx;
-inline uint3 blockIdx;
+inline uint3 threadIdx, blockIdx;  // threadIdx is set for each fiber as it is resumed
 inline dim3 blockDim, gridDim;
 
 struct uint2 {
@@ -57,73 +60,79 @@ inline double cospi(double x) { return std::cos(3.14159265358979323846 * x); }
 #define __host__
 #define __shared__ static  // one instance per kernel instantiation, shared by the block's threads
 
+#if defined(__SANITIZE_THREAD__)
+extern "C" {
+void* __tsan_get_current_fiber();
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* address);
+void __tsan_release(void* address);
+}
+#endif
+
 namespace host_emulation {
 
-// Host threads that run the CUDA threads of one block at a time; they persist between
-// launches, since starting a thread costs more than most blocks' work.
-class ThreadPool {
- public:
-  ~ThreadPool() {
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
-    }
-    start_.notify_all();
-    for (std::thread& worker : workers_) worker.join();
-  }
+#if defined(__SANITIZE_THREAD__)
+constexpr unsigned kTsanNoSync = 1;  // __tsan_switch_to_fiber_no_sync: a switch orders nothing
+inline void tsan_acquire(void* address) { __tsan_acquire(address); }
+inline void tsan_release(void* address) { __tsan_release(address); }
+#else
+inline void tsan_acquire(void*) {}
+inline void tsan_release(void*) {}
+#endif
 
-  // Runs body() on `threads` workers, with threadIdx.x = 0 .. threads-1; returns when all are done.
-  void run(int threads, const std::function<void()>& body) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (static_cast<int>(workers_.size()) < threads) {
-      const int id = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, id] { work(id); });
-    }
-    body_ = &body;
-    active_ = threads;
-    remaining_ = threads;
-    ++generation_;
-    start_.notify_all();
-    done_.wait(lock, [this] { return remaining_ == 0; });
-    body_ = nullptr;
-  }
+enum class State { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
 
- private:
-  void work(int id) {
-    uint64_t seen = 0;
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (true) {
-      start_.wait(lock, [&] { return stopping_ || (generation_ != seen && id < active_); });
-      if (stopping_) return;
-      seen = generation_;
-      const std::function<void()>* body = body_;
-      lock.unlock();
-      threadIdx.x = static_cast<unsigned>(id);
-      (*body)();
-      lock.lock();
-      if (--remaining_ == 0) done_.notify_one();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable start_, done_;
-  std::vector<std::thread> workers_;
-  const std::function<void()>* body_ = nullptr;
-  uint64_t generation_ = 0;
-  int active_ = 0, remaining_ = 0;
-  bool stopping_ = false;
+struct Fiber {
+  static constexpr size_t kStackBytes = 256 * 1024;
+  ucontext_t context;
+  std::unique_ptr<char[]> stack{new char[kStackBytes]};
+  State state = State::kDone;
+#if defined(__SANITIZE_THREAD__)
+  void* tsan = __tsan_create_fiber(0);
+#endif
 };
 
-inline ThreadPool& pool() {
-  static ThreadPool threads;
-  return threads;
-}
-
-// State of the block being run.
-inline std::unique_ptr<std::barrier<>> block_barrier;
-inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+// The block being run: its fibers (kept, with their stacks, for the next blocks), the one
+// running, the launching thread's context, the kernel body and the barriers' sync tokens.
+inline std::vector<std::unique_ptr<Fiber>> fibers;
+inline int current = -1;
+inline ucontext_t scheduler;
+inline const std::function<void()>* body = nullptr;
+inline char block_token, warp_tokens[32], launch_token;
 inline uint64_t exchange[32][32];  // [warp][lane]
 inline unsigned char* block_shared = nullptr;
+
+inline void fiber_main() {
+  tsan_acquire(&launch_token);  // what the launching thread wrote before the launch
+  (*body)();
+  fibers[current]->state = State::kDone;
+  tsan_release(&launch_token);  // for the launching thread, after the block
+}  // returns to `scheduler` through uc_link
+
+// Switches from the launching thread to fiber i until it waits at a barrier or returns.
+inline void resume(int i, void* scheduler_tsan) {
+  (void)scheduler_tsan;
+  current = i;
+  threadIdx.x = static_cast<unsigned>(i);
+#if defined(__SANITIZE_THREAD__)
+  __tsan_switch_to_fiber(fibers[i]->tsan, kTsanNoSync);
+#endif
+  swapcontext(&scheduler, &fibers[i]->context);
+#if defined(__SANITIZE_THREAD__)
+  __tsan_switch_to_fiber(scheduler_tsan, kTsanNoSync);
+#endif
+}
+
+// Called by a fiber: waits, in `state`, until the scheduler opens the barrier.
+inline void wait(State state, char* token) {
+  Fiber& self = *fibers[current];
+  self.state = state;
+  tsan_release(token);
+  swapcontext(&self.context, &scheduler);
+  tsan_acquire(token);
+}
 
 // The value `source` lane of the calling thread's warp passed in; every lane of the warp calls.
 template <typename T>
@@ -131,41 +140,95 @@ T shuffle(T value, int source) {
   static_assert(sizeof(T) <= sizeof(uint64_t));
   const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   std::memcpy(&exchange[warp][lane], &value, sizeof(T));
-  warp_barriers[warp]->arrive_and_wait();
+  wait(State::kAtWarpBarrier, &warp_tokens[warp]);
   T result = value;
   if (source >= 0 && source < 32) std::memcpy(&result, &exchange[warp][source], sizeof(T));
-  warp_barriers[warp]->arrive_and_wait();
+  wait(State::kAtWarpBarrier, &warp_tokens[warp]);
   return result;
 }
 
 inline int lane_id() { return static_cast<int>(threadIdx.x % 32); }
 
-// Runs body() as every thread of every block of `grid` (x and y), blocks one after the other.
-// The caller has checked the configuration (see launch in csrc/cuda/launch.cuh).
-inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body) {
+// Opens the barriers that every live fiber concerned has reached: a warp's, or else the block's.
+// Returns false when no fiber can go on (a barrier that some live fiber never reaches).
+inline bool open_barriers(int threads) {
+  bool opened = false;
+  for (int warp = 0; warp * 32 < threads; ++warp) {
+    bool all = true, any = false;
+    for (int i = warp * 32; i < std::min(threads, warp * 32 + 32); ++i) {
+      if (fibers[i]->state == State::kDone) continue;
+      any = true;
+      all &= fibers[i]->state == State::kAtWarpBarrier;
+    }
+    if (!any || !all) continue;
+    for (int i = warp * 32; i < std::min(threads, warp * 32 + 32); ++i) {
+      if (fibers[i]->state != State::kDone) fibers[i]->state = State::kReady;
+    }
+    opened = true;
+  }
+  if (opened) return true;
+  bool all = true;
+  for (int i = 0; i < threads; ++i) {
+    all &= fibers[i]->state == State::kDone || fibers[i]->state == State::kAtBlockBarrier;
+  }
+  if (!all) return false;
+  for (int i = 0; i < threads; ++i) {
+    if (fibers[i]->state == State::kAtBlockBarrier) fibers[i]->state = State::kReady;
+  }
+  return true;
+}
+
+// Runs the kernel `kernel_body` as every thread of every block of `grid` (x and y).
+// The caller has checked the configuration (see launch_kernel in cuda_runtime.h).
+inline void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel_body) {
   const int threads = static_cast<int>(block.x);
   blockDim = block;
   gridDim = grid;
+  body = &kernel_body;
+  while (static_cast<int>(fibers.size()) < threads) fibers.push_back(std::make_unique<Fiber>());
+#if defined(__SANITIZE_THREAD__)
+  void* scheduler_tsan = __tsan_get_current_fiber();
+#else
+  void* scheduler_tsan = nullptr;
+#endif
   for (unsigned y = 0; y < grid.y; ++y) {
     for (unsigned x = 0; x < grid.x; ++x) {
       blockIdx.x = x;
       blockIdx.y = y;
-      block_barrier = std::make_unique<std::barrier<>>(threads);
-      warp_barriers.clear();
-      for (int warp = 0; warp < (threads + 31) / 32; ++warp) {
-        warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * warp)));
-      }
       std::vector<unsigned char> shared(shared_bytes);  // exactly the launch's size, for -fsanitize=address
       block_shared = shared.data();
-      pool().run(threads, body);
+      tsan_release(&launch_token);
+      for (int i = 0; i < threads; ++i) {
+        Fiber& fiber = *fibers[i];
+        getcontext(&fiber.context);
+        fiber.context.uc_stack.ss_sp = fiber.stack.get();
+        fiber.context.uc_stack.ss_size = Fiber::kStackBytes;
+        fiber.context.uc_link = &scheduler;
+        makecontext(&fiber.context, fiber_main, 0);
+        fiber.state = State::kReady;
+      }
+      int done = 0;
+      while (done < threads) {
+        for (int i = 0; i < threads; ++i) {
+          if (fibers[i]->state != State::kReady) continue;
+          resume(i, scheduler_tsan);
+          done += fibers[i]->state == State::kDone;
+        }
+        if (done < threads && !open_barriers(threads)) {
+          std::fprintf(stderr, "emulation: a barrier that some threads of the block never reach\n");
+          std::abort();
+        }
+      }
+      tsan_acquire(&launch_token);
     }
   }
   block_shared = nullptr;
+  body = nullptr;
 }
 
 }  // namespace host_emulation
 
-inline void __syncthreads() { host_emulation::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { host_emulation::wait(host_emulation::State::kAtBlockBarrier, &host_emulation::block_token); }
 template <typename T>
 T __shfl_sync(unsigned, T value, int source) {
   return host_emulation::shuffle(value, source);
