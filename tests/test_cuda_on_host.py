@@ -232,7 +232,7 @@ def test_randomized_reports_an_unresolved_rank_as_the_sketch_width_and_auto_is_e
     assert rank.item() == 128
     auto_scores, auto_rank = cuda_on_host.leverage(x, 0.9, "auto")
     assert torch.equal(auto_rank, exact_rank) and torch.equal(auto_scores, exact_scores)
-    # A rank the sketch resolves is at most width - 8 and is the exact one.
+    # A rank the sketch resolves is the exact one.
     y = designed(512, 600, SPECTRUM, noise=1e-3).float()
     assert cuda_on_host.leverage(y, 0.9, "randomized")[1].item() == reference.leverage(y)[1].item() == 3
 

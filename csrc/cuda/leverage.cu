@@ -41,12 +41,14 @@ namespace {
 // 128 columns on sm_80 and later GPUs for N = 576, at least as wide as any the CPU runs). A
 // wider sketch only refines a narrower one, so every image the CPU accepts at some width is at
 // least as well resolved here. An image whose rank does not fit the sketch with kOversample
-// columns to spare (flat spectra, e.g. noise), which the CPU hands to the exact solver, cannot
-// fall back without that read-back (or without paying the exact solver for every image), so
-// its rank is reported as unresolved: rank = the sketch width, which a resolved rank never
-// reaches, with the scores of all the sketch's Ritz vectors. `auto` therefore takes the exact
-// path on CUDA (see resolve_method). Widths of at most kOversample could resolve no rank; those
-// shapes take the exact path.
+// columns to spare, which the CPU hands to the exact solver, cannot fall back here without that
+// read-back (or without paying the exact solver for every image). Ritz values never exceed the
+// eigenvalues they approximate, so the sketch's rank is never below the exact one: it is exact
+// where the sketch resolves the spectrum, and where its Ritz values do not reach `variance` of
+// the energy before its last column (flat spectra, e.g. noise) the rank is reported as
+// unresolved, rank = the sketch width, with the scores of all the sketch's Ritz vectors. `auto`
+// therefore takes the exact path on CUDA (see resolve_method). Widths of at most kOversample
+// take the exact path, as on the CPU.
 constexpr int64_t kInitialSketch = 32;
 constexpr int64_t kOversample = 8;
 constexpr int64_t kMaxSketch = 128;
@@ -389,7 +391,7 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   eigh_batched(ctx, width, batch, c, ritz_values, info);
   gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, m, width, width, q, type, m, block, c, type, width, width * width, y, type, m,
        block, batch);
-  finish(ctx, f, ritz_values, width, width - kOversample, y, info, energy_parts, variance, slack, out);
+  finish(ctx, f, ritz_values, width, width, y, info, energy_parts, variance, slack, out);
 }
 
 template <typename scalar_t>
