@@ -68,6 +68,8 @@ void __tsan_destroy_fiber(void* fiber);
 void __tsan_switch_to_fiber(void* fiber, unsigned flags);
 void __tsan_acquire(void* address);
 void __tsan_release(void* address);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
 }
 #endif
 
@@ -77,9 +79,16 @@ namespace host_emulation {
 constexpr unsigned kTsanNoSync = 1;  // __tsan_switch_to_fiber_no_sync: a switch orders nothing
 inline void tsan_acquire(void* address) { __tsan_acquire(address); }
 inline void tsan_release(void* address) { __tsan_release(address); }
+// The scheduler's bookkeeping (which fiber runs, threadIdx, fiber states) is handed over at every
+// switch; ordering it through ThreadSanitizer would order the fibers too and hide their races.
+#define SVDPRUNE_BOOKKEEPING(statement)           \
+  AnnotateIgnoreWritesBegin(__FILE__, __LINE__); \
+  statement;                                     \
+  AnnotateIgnoreWritesEnd(__FILE__, __LINE__)
 #else
 inline void tsan_acquire(void*) {}
 inline void tsan_release(void*) {}
+#define SVDPRUNE_BOOKKEEPING(statement) statement
 #endif
 
 enum class State { kReady, kAtBlockBarrier, kAtWarpBarrier, kDone };
@@ -107,19 +116,20 @@ inline unsigned char* block_shared = nullptr;
 inline void fiber_main() {
   tsan_acquire(&launch_token);  // what the launching thread wrote before the launch
   (*body)();
-  fibers[current]->state = State::kDone;
+  SVDPRUNE_BOOKKEEPING(fibers[current]->state = State::kDone);
   tsan_release(&launch_token);  // for the launching thread, after the block
 }  // returns to `scheduler` through uc_link
 
 // Switches from the launching thread to fiber i until it waits at a barrier or returns.
 inline void resume(int i, void* scheduler_tsan) {
   (void)scheduler_tsan;
-  current = i;
-  threadIdx.x = static_cast<unsigned>(i);
+  Fiber& fiber = *fibers[i];
+  SVDPRUNE_BOOKKEEPING(current = i);
+  SVDPRUNE_BOOKKEEPING(threadIdx.x = static_cast<unsigned>(i));
 #if defined(__SANITIZE_THREAD__)
-  __tsan_switch_to_fiber(fibers[i]->tsan, kTsanNoSync);
+  __tsan_switch_to_fiber(fiber.tsan, kTsanNoSync);
 #endif
-  swapcontext(&scheduler, &fibers[i]->context);
+  swapcontext(&scheduler, &fiber.context);
 #if defined(__SANITIZE_THREAD__)
   __tsan_switch_to_fiber(scheduler_tsan, kTsanNoSync);
 #endif
@@ -128,7 +138,7 @@ inline void resume(int i, void* scheduler_tsan) {
 // Called by a fiber: waits, in `state`, until the scheduler opens the barrier.
 inline void wait(State state, char* token) {
   Fiber& self = *fibers[current];
-  self.state = state;
+  SVDPRUNE_BOOKKEEPING(self.state = state);
   tsan_release(token);
   swapcontext(&self.context, &scheduler);
   tsan_acquire(token);
