@@ -101,9 +101,12 @@ Method resolve_method(std::string_view method, bool is_cuda, int64_t num_tokens,
   if (method == "exact") return Method::Exact;
   if (method == "randomized") return Method::Randomized;
   TORCH_CHECK(method == "auto", "svdprune: method must be 'exact', 'randomized' or 'auto', got '", method, "'");
-  // The rule is backed by benchmarks/RESULTS.md: the randomized sketch wins once the Gram
-  // matrix it avoids (min(N, D) squared) is large; small problems are cheaper exactly.
-  (void)is_cuda;
+  // On CUDA the Gram matrix is formed either way and a sketch cannot fall back to the exact
+  // solver without a host synchronisation, so it could report an unresolved rank (see
+  // leverage.cu): `auto` is exact there. On the CPU, backed by benchmarks/RESULTS.md, the
+  // randomized sketch wins once the Gram matrix it avoids (min(N, D) squared) is large, and it
+  // falls back to the exact solver by itself; small problems are cheaper exactly.
+  if (is_cuda) return Method::Exact;
   return std::min(num_tokens, dim) >= 256 ? Method::Randomized : Method::Exact;
 }
 

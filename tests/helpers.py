@@ -11,7 +11,9 @@ needs_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA")),
     reason="needs a CUDA GPU and svdprune_cuda built with its CUDA kernels",
 )
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
+# "cuda_on_host": the CUDA backend's own code compiled for the host (tests/cuda_on_host.py).
+TORCH_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]  # where torch.ops.svdprune.* itself runs
+DEVICES = [*TORCH_DEVICES, "cuda_on_host"]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 METHODS = ["exact", "randomized"]
@@ -73,8 +75,16 @@ def assert_top_k(indices: torch.Tensor, scores: torch.Tensor, budget: int, tol: 
 
 
 def run_on(device: str, op, x: torch.Tensor, *args) -> tuple[torch.Tensor, ...]:
-    """op(x moved to `device`, *args), its outputs back on the CPU."""
-    return tuple(t.cpu() for t in op(x.to(device), *args))
+    """op(x moved to `device`, *args), its outputs back on the CPU. On "cuda_on_host" the op of
+    the same name in tests/cuda_on_host.py runs on x (arguments as in the op's schema)."""
+    if device != "cuda_on_host":
+        return tuple(t.cpu() for t in op(x.to(device), *args))
+    import cuda_on_host
+
+    schema = getattr(op, "default", op)._schema
+    kwargs = dict(zip([argument.name for argument in schema.arguments[1:]], args))
+    assert not kwargs.pop("center", False), "tests/cuda_on_host.py takes no center argument"
+    return getattr(cuda_on_host, schema.name.split("::")[1])(x, **kwargs)
 
 
 def redundant_tokens() -> tuple[torch.Tensor, list[int]]:

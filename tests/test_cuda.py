@@ -191,6 +191,16 @@ def test_non_finite_input(method, bad):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_too_large_image_is_marked_invalid_like_a_non_finite_one(method):
+    # ||X||_F^2 beyond float32 would overflow the Gram matrix: rank 0 and NaN scores (the CPU raises).
+    x = designed(64, 600, SPECTRUM, noise=1e-3, batch=2).to(torch.bfloat16)
+    x[0] = 3e38
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 8, 0.9, method))
+    assert rank.tolist() == [0, 3] and torch.isnan(scores[0]).all() and torch.isfinite(scores[1]).all()
+    assert torch.equal(indices[0], torch.arange(8))
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_cuda_graph_capture_and_replay(method):
     first = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2, seed=0).half()
     second = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2, seed=1).half()

@@ -1,10 +1,10 @@
 """The CUDA kernels' own source (csrc/cuda/*.cuh), compiled for the host by
-tests/kernels_on_host.cpp (a std::thread per CUDA thread), against the float64 reference and
-torch: the rank cut and leverage scores from eigenpairs laid out as cuSOLVER returns them, the
-pivot kernel, top-K and adaptive selection, the Gaussian sketch and CholeskyQR of the
-randomized path. This runs wherever a C++20 compiler is, GPU or not; what it cannot check (the
-cuBLAS/cuSOLVER calls around these kernels, the energy kernel, timing) the CUDA cases of
-test_cuda.py, test_ops.py and test_pivoted.py check on a GPU.
+tests/kernels_on_host.cpp (a host thread per CUDA thread, tests/cuda_host/emulation.h),
+against the float64 reference and torch: the rank cut and leverage scores from eigenpairs laid
+out as cuSOLVER returns them, the pivot kernel, top-K and adaptive selection, the Gaussian
+sketch and CholeskyQR of the randomized path. This runs wherever a C++20 compiler is, GPU or
+not; the whole backend around these kernels (cuBLAS/cuSOLVER calls, buffers, the energy kernel)
+runs on the host in tests/cuda_on_host.py, and only timing needs a GPU.
 
 To look for races between a block's threads (a missing __syncthreads) or out-of-bounds
 accesses, build the emulation with a sanitizer, preload its runtime and keep pytest from
@@ -43,7 +43,7 @@ def kernels(tmp_path_factory):
     if compiler is None:
         pytest.skip("needs a C++20 compiler")
     library = tmp_path_factory.mktemp("kernels_on_host") / "kernels_on_host.so"
-    command = [compiler, "-std=c++20", "-O2", "-g", "-shared", "-fPIC", "-pthread", f"-I{ROOT / 'csrc' / 'cuda'}"]
+    command = [compiler, "-std=c++20", "-O2", "-g", "-shared", "-fPIC", "-pthread", f"-I{ROOT / 'tests' / 'cuda_host'}", f"-I{ROOT / 'csrc' / 'cuda'}"]
     if sanitizer := os.environ.get("KERNELS_ON_HOST_SANITIZE"):
         command.append(f"-fsanitize={sanitizer}")
     subprocess.run([*command, str(ROOT / "tests" / "kernels_on_host.cpp"), "-o", str(library)], check=True)
@@ -83,14 +83,14 @@ class Eigenpairs:
         self.info = torch.zeros(self.batch, dtype=torch.int32)
         self.info[list(failed)] = 1
 
-    def rank_leverage(self, kernels, variance, threads=LEVERAGE_THREADS):
+    def rank_leverage(self, kernels, variance, threads=LEVERAGE_THREADS, resolvable=None):
         scores = torch.full((self.batch, self.n), -7.0, dtype=self.dtype)
         rank = torch.full((self.batch,), -7, dtype=torch.int64)
         entry(kernels, "rank_leverage", self.dtype)(
             address(self.values), ctypes.c_int64(self.count), address(self.vectors), ctypes.c_int64(self.n),
             address(self.energy), ctypes.c_int(ENERGY_PARTS), address(self.info), ctypes.c_double(variance),
-            ctypes.c_double(SLACK[self.dtype]), ctypes.c_bool(self.divide), address(scores), address(rank),
-            ctypes.c_int(self.batch), ctypes.c_int(threads))
+            ctypes.c_double(SLACK[self.dtype]), ctypes.c_int64(self.count if resolvable is None else resolvable),
+            ctypes.c_bool(self.divide), address(scores), address(rank), ctypes.c_int(self.batch), ctypes.c_int(threads))
         return scores, rank
 
     def pivot(self, kernels, scores, budget, rows_in_shared, threads=LEVERAGE_THREADS):
@@ -360,10 +360,11 @@ def test_widen_copies_float_into_double(kernels):
     assert torch.equal(out, x.double())
 
 
-def cholesky_qr(kernels, y, threads=256, rows_per_block=128):
+def cholesky_qr(kernels, y, threads=256, rows_per_block=128, refill_pass=0, seed=0):
     """One pass of leverage.cu's orthonormalize on y [B, rows, width]: the Gram matrices in double
-    (cuBLAS there), cholesky_kernel, then solve_rows_kernel on y. Returns Q [B, rows, width] in
-    y's dtype, L [B, width, width] and the kept-column flags [B, width]."""
+    (cuBLAS there), cholesky_kernel, then solve_rows_kernel on y (dropped columns refilled for
+    refill_pass > 0). Returns Q [B, rows, width] in y's dtype, L [B, width, width] and the
+    kept-column flags [B, width]."""
     batch, rows, width = y.shape
     tolerance = kernels.cholesky_drop_tolerance(ctypes.c_bool(y.dtype == torch.float64))
     gram = (y.double().mT @ y.double()).contiguous()  # symmetric: its column-major layout is itself
@@ -372,7 +373,8 @@ def cholesky_qr(kernels, y, threads=256, rows_per_block=128):
                      ctypes.c_int(threads))
     columns = y.mT.contiguous()  # each image column-major, as cuBLAS leaves it
     entry(kernels, "solve_rows", y.dtype)(address(columns), address(gram), address(keep), ctypes.c_int64(rows),
-                                          ctypes.c_int(width), ctypes.c_int(batch), ctypes.c_int(rows_per_block))
+                                          ctypes.c_int(width), ctypes.c_uint32(refill_pass), ctypes.c_uint64(seed),
+                                          ctypes.c_int(batch), ctypes.c_int(rows_per_block))
     return columns.mT, gram.mT.tril(), keep
 
 
@@ -404,6 +406,35 @@ def test_cholesky_qr_drops_dependent_zero_and_nan_columns(kernels):
     # Without the NaN column the rest is spanned: Q Lᵀ reproduces every finite column.
     finite = torch.isfinite(y[0]).all(0)
     torch.testing.assert_close((q[0] @ lower[0].mT)[:, finite], y[0][:, finite], atol=1e-9, rtol=0)
+
+
+def test_cholesky_qr_refills_dropped_columns_with_fresh_gaussian_ones(kernels):
+    # A dropped column that stayed zero would stay zero through every later power iteration.
+    y = torch.randn(2, 200, 12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y[:, :, 5] = 2 * y[:, :, 2] - y[:, :, 0]
+    y[:, :, 9] = 0.0
+    q, _, keep = cholesky_qr(kernels, y, refill_pass=3, seed=11)
+    assert keep[0].tolist() == keep[1].tolist() == [1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1]
+    refilled = q[:, :, [5, 9]]
+    assert torch.equal(refilled[0], refilled[1]), "the same columns for every image"
+    assert abs(refilled.mean()) < 0.2 and abs(refilled.std() - 1) < 0.2  # 400 standard normal draws
+    kept = keep[0] == 1
+    assert torch.equal(q[:, :, kept], cholesky_qr(kernels, y)[0][:, :, kept])
+    for other in (dict(refill_pass=4, seed=11), dict(refill_pass=3, seed=12)):
+        assert not torch.equal(cholesky_qr(kernels, y, **other)[0][:, :, [5, 9]], refilled)
+    assert torch.equal(cholesky_qr(kernels, y, refill_pass=3, seed=11)[0], q)
+
+
+def test_unresolved_rank_is_reported_as_the_sketch_width(kernels):
+    # A sketch of `count` columns resolves ranks up to `resolvable`; beyond, the rank is `count`.
+    x = designed(100, 150, torch.linspace(1.0, 0.5, 20).tolist()).double()[None]
+    pairs = Eigenpairs(x, torch.float64)
+    rank = reference.leverage(x, 0.9)[1].item()
+    assert 10 < rank < 20
+    assert pairs.rank_leverage(kernels, 0.9, resolvable=rank)[1].item() == rank
+    scores, saturated = pairs.rank_leverage(kernels, 0.9, resolvable=rank - 1)
+    assert saturated.item() == pairs.count
+    torch.testing.assert_close(scores.sum(), torch.tensor(float(pairs.count), dtype=torch.float64))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,8 +7,23 @@ import pytest
 import torch
 
 import svdprune_cuda
-from helpers import DEVICES, DTYPES, METHODS, SPECTRUM, assert_top_k, designed, lifted, run_on, score_tolerance
+from helpers import (
+    DEVICES,
+    DTYPES,
+    METHODS,
+    SPECTRUM,
+    TORCH_DEVICES,
+    assert_top_k,
+    designed,
+    lifted,
+    run_on,
+    score_tolerance,
+)
 from svdprune_cuda import reference
+
+# The host build of the CUDA backend emulates every CUDA thread: it runs a subset of the larger
+# cases (both Gram sides, every dtype and method stay covered) to keep CI within its budget.
+HOST_SIZE_REASON = "subset of the large cases on the emulated CUDA backend"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -16,6 +31,8 @@ from svdprune_cuda import reference
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("n,d", [(576, 588), (576, 1024), (576, 4096), (576, 64), (100, 588)])
 def test_leverage_matches_reference(dtype, method, n, d, device):
+    if device == "cuda_on_host" and min(n, d) > 100:
+        pytest.skip(HOST_SIZE_REASON)
     x = designed(n, d, SPECTRUM, noise=1e-3).to(dtype)
     scores, rank = run_on(device, torch.ops.svdprune.leverage, x, 0.9, method)
     expected_scores, expected_rank = reference.leverage(x)
@@ -30,6 +47,8 @@ def test_leverage_matches_reference(dtype, method, n, d, device):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("budget", [64, 32, 16])
 def test_select_exact_indices_on_separated_scores(method, budget, device):
+    if device == "cuda_on_host" and budget != 32:
+        pytest.skip(HOST_SIZE_REASON)
     x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=3).float()
     indices, scores, rank = run_on(device, torch.ops.svdprune.select, x, budget, 0.9, method)
     expected_indices, expected_scores, expected_rank = reference.select(x, budget)
@@ -83,15 +102,15 @@ def test_batched_equals_unbatched(dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_noncontiguous_input_gives_the_same_result(device):
-    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float().to(device)
+    x = designed(300, 200, SPECTRUM, noise=1e-2, batch=2).float()
     transposed = x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    strided = torch.zeros(2, 300, 400, device=device)
+    strided = torch.zeros(2, 300, 400)
     strided[..., ::2] = x
     for view in (transposed, strided[..., ::2]):
         assert not view.is_contiguous()
         for method in METHODS:
-            for got, want in zip(torch.ops.svdprune.select(view, 16, 0.9, method),
-                                 torch.ops.svdprune.select(x, 16, 0.9, method)):
+            for got, want in zip(run_on(device, torch.ops.svdprune.select, view, 16, 0.9, method),
+                                 run_on(device, torch.ops.svdprune.select, x, 16, 0.9, method)):
                 assert torch.equal(got, want)
 
 
@@ -160,6 +179,8 @@ def test_rank_follows_variance(dtype):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("min_tokens,max_tokens", [(1, -1), (40, -1), (1, 10), (0, 576)])
 def test_select_adaptive_matches_reference(method, min_tokens, max_tokens, device):
+    if device == "cuda_on_host" and (min_tokens, max_tokens) in ((40, -1), (1, 10)):
+        pytest.skip(HOST_SIZE_REASON)
     x = designed(576, 1024, SPECTRUM, noise=1e-3, batch=2).float()
     mask, count, scores, rank = run_on(device, torch.ops.svdprune.select_adaptive, x, 0.9, min_tokens, max_tokens, method)
     expected_mask, expected_count, expected_scores, _ = reference.select_adaptive(x, 0.9, min_tokens, max_tokens)
@@ -239,7 +260,7 @@ def test_wrappers_forward_to_the_ops():
         (torch.ops.svdprune.select_adaptive.default, (0.9, 1, -1, "exact", False, 0)),
     ],
 )
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("batched", [False, True])
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck(op, args, batched, requires_grad, device):

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from helpers import DEVICES, METHODS, SPECTRUM, designed, low_rank, needs_cuda, redundant_tokens, run_on
+from helpers import DEVICES, METHODS, SPECTRUM, TORCH_DEVICES, designed, low_rank, needs_cuda, redundant_tokens, run_on
 from svdprune.testing import images
 from svdprune_cuda import reference
 
@@ -24,7 +24,7 @@ def test_pivoting_skips_redundant_tokens(dtype, method, device):
     indices, _, _ = select_pivoted(x, 3, method, device)
     assert indices.tolist() == expected
     assert reference.select(x, 3, strategy="pivoted")[0].tolist() == expected
-    leverage = torch.ops.svdprune.select(x.to(device), 3, 0.9, method)[0]
+    leverage = run_on(device, torch.ops.svdprune.select, x, 3, 0.9, method)[0]
     assert {5, 9} <= set(leverage.tolist())
 
 
@@ -116,7 +116,7 @@ def test_pivoted_tokens_span_the_image_better_than_top_leverage(photo_features):
         assert sum(pivoted) < sum(leverage), (budget, pivoted, leverage)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("batched", [False, True])
 def test_opcheck(batched, device):
     x, _ = redundant_tokens()
@@ -127,7 +127,7 @@ def test_opcheck(batched, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_unknown_strategy(device):
     with pytest.raises(RuntimeError, match=r"strategy must be 'leverage' or 'pivoted', got 'qr'"):
-        torch.ops.svdprune.select(torch.randn(16, 8, device=device), 4, 0.9, "exact", False, 0, "qr")
+        run_on(device, torch.ops.svdprune.select, torch.randn(16, 8), 4, 0.9, "exact", False, 0, "qr")
 
 
 @pytest.mark.gpu

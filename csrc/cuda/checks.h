@@ -44,6 +44,13 @@ inline void check_cusolver(cusolverStatus_t status, const char* call) {
   if (status != CUSOLVER_STATUS_SUCCESS) fail("cuSOLVER", call, cusolver_status_name(status));
 }
 
+// Whether `stream` is being captured into a CUDA graph.
+inline bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(stream, &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // Shared memory one block may opt into on the current device.
 inline size_t shared_memory_limit() {
   int device = 0, limit = 0;

@@ -13,6 +13,7 @@
 // The kernels other than the energy reduction live in randomized.cuh, rank_leverage.cuh and
 // pivot.cuh; this file launches them and makes the cuBLAS/cuSOLVER calls.
 #include "checks.h"
+#include "launch.cuh"
 #include "pivot.cuh"
 #include "randomized.cuh"
 #include "rank_leverage.cuh"
@@ -23,6 +24,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -38,11 +41,14 @@ namespace {
 // 128 columns on sm_80 and later GPUs for N = 576, at least as wide as any the CPU runs). A
 // wider sketch only refines a narrower one, so every image the CPU accepts at some width is at
 // least as well resolved here. An image whose rank does not fit the sketch with kOversample
-// columns to spare (flat spectra, e.g. noise), which the CPU hands to the exact solver, keeps
-// the sketch's estimate: the cut among its Ritz values, or the full width when they do not
-// reach `variance` of the energy. Falling back to the exact solver would need that same
-// read-back, and running it on every call would cost the exact path's full price. Widths of at
-// most kOversample could accept no rank on the CPU either; those shapes take the exact path.
+// columns to spare, which the CPU hands to the exact solver, cannot fall back here without that
+// read-back (or without paying the exact solver for every image). Ritz values never exceed the
+// eigenvalues they approximate, so the sketch's rank is never below the exact one: it is exact
+// where the sketch resolves the spectrum, and where its Ritz values do not reach `variance` of
+// the energy before its last column (flat spectra, e.g. noise) the rank is reported as
+// unresolved, rank = the sketch width, with the scores of all the sketch's Ritz vectors. `auto`
+// therefore takes the exact path on CUDA (see resolve_method). Widths of at most kOversample
+// take the exact path, as on the CPU.
 constexpr int64_t kInitialSketch = 32;
 constexpr int64_t kOversample = 8;
 constexpr int64_t kMaxSketch = 128;
@@ -144,6 +150,56 @@ void gemm(const Context& ctx, cublasOperation_t transa, cublasOperation_t transb
   }
 }
 
+// cuSOLVER handles: a process-wide pool per device, of which each eigensolver call borrows one
+// for its duration and binds it to its stream. There are thus never more handles than calls
+// that ran at once, whatever the threads and streams (a short-lived thread leaks nothing), and
+// no handle is shared by two calls at a time (cuSOLVER requires that). A handle is only created
+// outside CUDA graph capture: the first call on a device under capture fails and asks for a
+// warm-up call before capturing. The handles are never destroyed: at process exit the CUDA
+// context may already be gone.
+class SolverHandle {
+ public:
+  explicit SolverHandle(cudaStream_t stream) {
+    SVDPRUNE_CUDA_CHECK(cudaGetDevice(&device_));
+    {
+      const std::lock_guard<std::mutex> lock(mutex());
+      std::vector<cusolverDnHandle_t>& idle = pool()[device_];
+      if (!idle.empty()) {
+        handle_ = idle.back();
+        idle.pop_back();
+      }
+    }
+    if (handle_ == nullptr) {
+      if (capturing(stream)) {
+        fail("cuSOLVER", "cusolverDnCreate",
+             "no idle handle while a CUDA graph is being captured: run the op once on this device before capturing");
+      }
+      SVDPRUNE_CUSOLVER_CHECK(cusolverDnCreate(&handle_));
+    }
+    SVDPRUNE_CUSOLVER_CHECK(cusolverDnSetStream(handle_, stream));
+  }
+  ~SolverHandle() {
+    const std::lock_guard<std::mutex> lock(mutex());
+    pool()[device_].push_back(handle_);
+  }
+  SolverHandle(const SolverHandle&) = delete;
+  SolverHandle& operator=(const SolverHandle&) = delete;
+  cusolverDnHandle_t get() const { return handle_; }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex pool_mutex;
+    return pool_mutex;
+  }
+  static std::map<int, std::vector<cusolverDnHandle_t>>& pool() {
+    static auto* idle = new std::map<int, std::vector<cusolverDnHandle_t>>;  // never destroyed, see above
+    return *idle;
+  }
+
+  int device_ = 0;
+  cusolverDnHandle_t handle_ = nullptr;
+};
+
 struct SolverParams {
   cusolverDnParams_t params = nullptr;
   SolverParams() { SVDPRUNE_CUSOLVER_CHECK(cusolverDnCreateParams(&params)); }
@@ -154,22 +210,28 @@ struct SolverParams {
 
 // Eigenvalues (ascending) and eigenvectors (in place of `a`) of `batch` symmetric n×n
 // matrices, lower triangles read; info[i] != 0 marks a matrix the solver failed on. The
-// batched solver limits n * n * batch to 32 bits, so larger batches go in several calls.
+// batched solver limits n * n * batch to 32 bits, and batches to about 32k matrices, so larger
+// batches go in several calls of at most ctx.max_solver_batch matrices.
 template <typename scalar_t>
 void eigh_batched(const Context& ctx, int64_t n, int64_t batch, scalar_t* a, scalar_t* values, int* info) {
   constexpr cudaDataType type = kDataType<scalar_t>;
+  const SolverHandle solver(ctx.stream);
   const SolverParams params;
-  SVDPRUNE_CUSOLVER_CHECK(cusolverDnSetStream(ctx.solver, ctx.stream));
-  const int64_t chunk = std::min<int64_t>(batch, std::max<int64_t>(1, INT_MAX / (n * n)));
+  const int64_t chunk = std::min<int64_t>({batch, ctx.max_solver_batch, std::max<int64_t>(1, INT_MAX / (n * n))});
   size_t device_bytes = 0, host_bytes = 0;
   for (const int64_t size : {chunk, batch % chunk}) {
     if (size == 0) continue;
     size_t device = 0, host = 0;
-    SVDPRUNE_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(ctx.solver, params.params, CUSOLVER_EIG_MODE_VECTOR,
+    SVDPRUNE_CUSOLVER_CHECK(cusolverDnXsyevBatched_bufferSize(solver.get(), params.params, CUSOLVER_EIG_MODE_VECTOR,
                                                               CUBLAS_FILL_MODE_LOWER, n, type, a, n, type, values,
                                                               type, &device, &host, size));
     device_bytes = std::max(device_bytes, device);
     host_bytes = std::max(host_bytes, host);
+  }
+  // A host workspace would be used by the host while the call runs, which a CUDA graph cannot
+  // replay; no version of the batched solver asks for one so far.
+  if (host_bytes > 0 && capturing(ctx.stream)) {
+    fail("cuSOLVER", "cusolverDnXsyevBatched", "needs a host workspace, which CUDA graph capture cannot record");
   }
   void* device_workspace = ctx.allocate(std::max<size_t>(device_bytes, 1));
   // The solver uses its host workspace during the call only (torch frees its own right after).
@@ -177,7 +239,7 @@ void eigh_batched(const Context& ctx, int64_t n, int64_t batch, scalar_t* a, sca
   host_workspace.resize(std::max<size_t>({host_workspace.size(), host_bytes, 1}));
   for (int64_t begin = 0; begin < batch; begin += chunk) {
     const int64_t size = std::min(chunk, batch - begin);
-    SVDPRUNE_CUSOLVER_CHECK(cusolverDnXsyevBatched(ctx.solver, params.params, CUSOLVER_EIG_MODE_VECTOR,
+    SVDPRUNE_CUSOLVER_CHECK(cusolverDnXsyevBatched(solver.get(), params.params, CUSOLVER_EIG_MODE_VECTOR,
                                                    CUBLAS_FILL_MODE_LOWER, n, type, a + begin * n * n, n, type,
                                                    values + begin * n, type, device_workspace, device_bytes,
                                                    host_workspace.data(), host_bytes, info + begin, size));
@@ -203,11 +265,13 @@ void gram(const Context& ctx, const Features& f, scalar_t* g) {
 }
 
 // Scores and rank (and the pivot scores, when asked for) from `count` eigenpairs of G per
-// image: `values` [batch, count] ascending, `basis` [batch] m×count. For n ≤ d the basis holds
-// left singular vectors; otherwise right ones, and the scores use X V / sigma.
+// image: `values` [batch, count] ascending, `basis` [batch] m×count; ranks above `resolvable`
+// are reported as unresolved (see rank_leverage_kernel). For n ≤ d the basis holds left
+// singular vectors; otherwise right ones, and the scores use X V / sigma.
 template <typename scalar_t>
-void finish(const Context& ctx, const Features& f, const scalar_t* values, int64_t count, const scalar_t* basis,
-            const int* info, const double* energy_parts, double variance, double slack, const Outputs<scalar_t>& out) {
+void finish(const Context& ctx, const Features& f, const scalar_t* values, int64_t count, int64_t resolvable,
+            const scalar_t* basis, const int* info, const double* energy_parts, double variance, double slack,
+            const Outputs<scalar_t>& out) {
   constexpr cudaDataType type = kDataType<scalar_t>;
   const scalar_t* vectors = basis;
   const bool right_vectors = f.n > f.d;
@@ -218,9 +282,9 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
          f.d * count, projected, type, f.n, f.n * count, f.batch);
     vectors = projected;
   }
-  rank_leverage_kernel<scalar_t><<<static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream>>>(
-      values, count, vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, right_vectors, out.scores,
-      out.rank);
+  launch(rank_leverage_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream, values, count,
+         vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, right_vectors, out.scores,
+         out.rank);
   SVDPRUNE_CHECK_LAUNCH("rank_leverage_kernel");
   if (out.pivot_budget == 0) return;
 
@@ -232,9 +296,10 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
   const size_t shared_bytes = pivot_shared_bytes(f.n, max_pivots, sizeof(scalar_t), rows_in_shared);
   scalar_t* workspace = rows_in_shared ? nullptr : allocate<scalar_t>(ctx, f.batch * max_pivots * f.n);
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(pivot_kernel<scalar_t>), shared_bytes);
-  pivot_kernel<scalar_t><<<static_cast<unsigned>(f.batch), kThreads, shared_bytes, ctx.stream>>>(
-      values, count, vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, right_vectors,
-      static_cast<int>(max_pivots), rows_in_shared, workspace, out.scores, out.pivot_scores);
+  launch(pivot_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, shared_bytes, ctx.stream, values, count,
+         vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, right_vectors,
+         static_cast<int>(max_pivots), rows_in_shared, workspace, static_cast<const scalar_t*>(out.scores),
+         out.pivot_scores);
   SVDPRUNE_CHECK_LAUNCH("pivot_kernel");
 }
 
@@ -245,15 +310,17 @@ void leverage_exact(const Context& ctx, const Features& f, scalar_t* g, const do
   scalar_t* values = allocate<scalar_t>(ctx, f.batch * m);
   int* info = allocate<int>(ctx, f.batch);
   eigh_batched(ctx, m, f.batch, g, values, info);
-  finish(ctx, f, values, m, g, info, energy_parts, variance, slack, out);
+  finish(ctx, f, values, m, m, g, info, energy_parts, variance, slack, out);
 }
 
 // Makes the columns of every rows×width matrix of `y` orthonormal in place (CholeskyQR with
 // the Gram matrix and the factorisation in double precision; `passes` = 2 is CholeskyQR2,
-// which restores orthogonality to working precision). Rank-deficient columns become zero.
+// which restores orthogonality to working precision). Rank-deficient columns are refilled with
+// fresh Gaussian columns for the power iteration `iteration` (see solve_rows_kernel), except in
+// the last pass of the `final` basis, where they become zero.
 template <typename scalar_t>
 void orthonormalize(const Context& ctx, scalar_t* y, int64_t batch, int64_t rows, int64_t width, int passes,
-                    double* y_double, double* gram_double, int* keep) {
+                    bool final, uint32_t iteration, uint64_t seed, double* y_double, double* gram_double, int* keep) {
   const int w = static_cast<int>(width);
   const size_t shared_bytes = cholesky_shared_bytes(width);
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(cholesky_kernel), shared_bytes);
@@ -263,18 +330,21 @@ void orthonormalize(const Context& ctx, scalar_t* y, int64_t batch, int64_t rows
       source = y;
     } else {
       const int64_t count = batch * rows * width;
-      widen_kernel<<<blocks_for(count, kThreads), kThreads, 0, ctx.stream>>>(y, y_double, count);
+      launch(widen_kernel, blocks_for(count, kThreads), kThreads, 0, ctx.stream, static_cast<const float*>(y),
+             y_double, count);
       SVDPRUNE_CHECK_LAUNCH("widen_kernel");
       source = y_double;
     }
     gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, width, width, rows, source, CUDA_R_64F, rows, rows * width, source,
          CUDA_R_64F, rows, rows * width, gram_double, CUDA_R_64F, width, width * width, batch);
-    cholesky_kernel<<<static_cast<unsigned>(batch), kThreads, shared_bytes, ctx.stream>>>(
-        gram_double, w, kDropTolerance<scalar_t>, keep);
+    launch(cholesky_kernel, static_cast<unsigned>(batch), kThreads, shared_bytes, ctx.stream, gram_double, w,
+           kDropTolerance<scalar_t>, keep);
     SVDPRUNE_CHECK_LAUNCH("cholesky_kernel");
     constexpr int kRowsPerBlock = 128;
     const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-    solve_rows_kernel<scalar_t, kMaxSketch><<<grid, kRowsPerBlock, 0, ctx.stream>>>(y, gram_double, keep, rows, w);
+    const uint32_t refill_pass = final && pass == passes - 1 ? 0 : 2 * iteration + static_cast<uint32_t>(pass) + 1;
+    launch(solve_rows_kernel<scalar_t, kMaxSketch>, grid, kRowsPerBlock, 0, ctx.stream, y,
+           static_cast<const double*>(gram_double), static_cast<const int*>(keep), rows, w, refill_pass, seed);
     SVDPRUNE_CHECK_LAUNCH("solve_rows_kernel");
   }
 }
@@ -285,7 +355,7 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   constexpr cudaDataType type = kDataType<scalar_t>;
   const int64_t m = std::min(f.n, f.d), batch = f.batch, block = m * width;
   scalar_t* omega = allocate<scalar_t>(ctx, block);
-  gaussian_kernel<scalar_t><<<blocks_for(block, kThreads), kThreads, 0, ctx.stream>>>(omega, block, seed);
+  launch(gaussian_kernel<scalar_t>, blocks_for(block, kThreads), kThreads, 0, ctx.stream, omega, block, seed);
   SVDPRUNE_CHECK_LAUNCH("gaussian_kernel");
 
   scalar_t* q = allocate<scalar_t>(ctx, batch * block);
@@ -302,11 +372,12 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   // on its position in the batch. Orthogonality matters only for the final basis: the
   // intermediate ones need one CholeskyQR pass, the last one two.
   apply_gram(omega, 0, y);
-  orthonormalize(ctx, y, batch, m, width, 1, y_double, gram_double, keep);
+  orthonormalize(ctx, y, batch, m, width, 1, false, 0, seed, y_double, gram_double, keep);
   std::swap(q, y);
   for (int iteration = 1; iteration <= kPowerIterations; ++iteration) {
     apply_gram(q, block, y);
-    orthonormalize(ctx, y, batch, m, width, iteration == kPowerIterations ? 2 : 1, y_double, gram_double, keep);
+    const bool final = iteration == kPowerIterations;
+    orthonormalize(ctx, y, batch, m, width, final ? 2 : 1, final, iteration, seed, y_double, gram_double, keep);
     std::swap(q, y);
   }
 
@@ -320,7 +391,7 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   eigh_batched(ctx, width, batch, c, ritz_values, info);
   gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, m, width, width, q, type, m, block, c, type, width, width * width, y, type, m,
        block, batch);
-  finish(ctx, f, ritz_values, width, y, info, energy_parts, variance, slack, out);
+  finish(ctx, f, ritz_values, width, width, y, info, energy_parts, variance, slack, out);
 }
 
 template <typename scalar_t>
@@ -331,17 +402,20 @@ void leverage_typed(const Context& ctx, const Features& f, double variance, doub
   const int64_t elements = f.n * f.d;
   switch (f.dtype) {
     case DType::Half:
-      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const __half*>(f.data), elements, energy_parts);
+      launch(energy_kernel<__half>, grid, kThreads, 0, ctx.stream, static_cast<const __half*>(f.data), elements,
+             energy_parts);
       break;
     case DType::BFloat16:
-      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const __nv_bfloat16*>(f.data), elements,
-                                                       energy_parts);
+      launch(energy_kernel<__nv_bfloat16>, grid, kThreads, 0, ctx.stream, static_cast<const __nv_bfloat16*>(f.data), elements,
+             energy_parts);
       break;
     case DType::Float:
-      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const float*>(f.data), elements, energy_parts);
+      launch(energy_kernel<float>, grid, kThreads, 0, ctx.stream, static_cast<const float*>(f.data), elements,
+             energy_parts);
       break;
     case DType::Double:
-      energy_kernel<<<grid, kThreads, 0, ctx.stream>>>(static_cast<const double*>(f.data), elements, energy_parts);
+      launch(energy_kernel<double>, grid, kThreads, 0, ctx.stream, static_cast<const double*>(f.data), elements,
+             energy_parts);
       break;
   }
   SVDPRUNE_CHECK_LAUNCH("energy_kernel");

@@ -29,7 +29,7 @@ inline size_t pivot_shared_bytes(int64_t n, int64_t max_pivots, size_t scalar_by
 // ([batch, max_pivots, n]). The output is the leverage scores with the picked tokens raised to
 // +inf; its top `budget` (select_top, max_pivots = budget) are the picked tokens and then the
 // highest-leverage others, which is how the CPU fills a budget beyond the non-zero rank. An
-// image whose energy is zero or not finite, or whose eigensolver failed, picks no token.
+// image whose energy is zero or fails energy_fits, or whose eigensolver failed, picks no token.
 template <typename scalar_t>
 __global__ void pivot_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int n,
                              const double* energy_parts, int energy_parts_per_image, const int* info, double slack,
@@ -50,7 +50,7 @@ __global__ void pivot_kernel(const scalar_t* values, int64_t count, const scalar
   if (threadIdx.x == 0) {
     const double total = image_energy(energy_parts, energy_parts_per_image, image);
     int m = 0;
-    if (isfinite(total) && total > 0.0 && info[image] == 0) {
+    if (energy_fits<scalar_t>(total) && total > 0.0 && info[image] == 0) {
       const double floor = static_cast<double>(image_values[count - 1]) * slack;
       while (m < max_pivots && m < count && static_cast<double>(image_values[count - 1 - m]) > floor) ++m;
     }

@@ -31,18 +31,23 @@ __device__ inline uint4 philox4x32_10(uint4 counter, uint2 key) {
   return counter;
 }
 
-// Standard normal entries (Box–Muller on two 32-bit uniforms in (0, 1)), in double precision
-// so that --use_fast_math does not change them.
+// A standard normal number (Box–Muller on two 32-bit uniforms in (0, 1)) for `counter`, in
+// double precision so that --use_fast_math does not change it.
+__device__ inline double standard_normal(uint4 counter, uint64_t seed) {
+  const uint4 bits = philox4x32_10(counter, make_uint2(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)));
+  constexpr double kTwoToMinus32 = 2.3283064365386963e-10;
+  const double u1 = (static_cast<double>(bits.x) + 0.5) * kTwoToMinus32;
+  const double u2 = (static_cast<double>(bits.y) + 0.5) * kTwoToMinus32;
+  return sqrt(-2.0 * log(u1)) * cospi(2.0 * u2);
+}
+
+// out[i] = standard normal entry i of the sketch for `seed`.
 template <typename scalar_t>
 __global__ void gaussian_kernel(scalar_t* out, int64_t count, uint64_t seed) {
-  const uint2 key = make_uint2(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const uint4 bits = philox4x32_10(make_uint4(static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32), 0u, 0u), key);
-    constexpr double kTwoToMinus32 = 2.3283064365386963e-10;
-    const double u1 = (static_cast<double>(bits.x) + 0.5) * kTwoToMinus32;
-    const double u2 = (static_cast<double>(bits.y) + 0.5) * kTwoToMinus32;
-    out[i] = static_cast<scalar_t>(sqrt(-2.0 * log(u1)) * cospi(2.0 * u2));
+    out[i] = static_cast<scalar_t>(
+        standard_normal(make_uint4(static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32), 0u, 0u), seed));
   }
 }
 
@@ -116,11 +121,15 @@ static __global__ void cholesky_kernel(double* gram, int width, double tolerance
 }
 
 // Y ← Y L⁻ᵀ row by row (forward substitution in double), so that Y = Q Lᵀ with Q having
-// orthonormal columns; dropped columns become zero. All threads of a warp read the same
-// element of L at a time, so L is read from global memory (cached) whatever the width, which
-// is at most max_width.
+// orthonormal columns. A dropped column becomes zero or, with refill_pass > 0, a fresh Gaussian
+// column (entry (row, column) from the counter (row, column, refill_pass, 1), the same for every
+// image), so that the sketch keeps its width: a zero column would stay zero through every later
+// power iteration. The next CholeskyQR pass orthonormalises the refilled columns. All threads of
+// a warp read the same element of L at a time, so L is read from global memory (cached)
+// whatever the width, which is at most max_width.
 template <typename scalar_t, int max_width>
-__global__ void solve_rows_kernel(scalar_t* y, const double* cholesky, const int* keep, int64_t rows, int width) {
+__global__ void solve_rows_kernel(scalar_t* y, const double* cholesky, const int* keep, int64_t rows, int width,
+                                  uint32_t refill_pass, uint64_t seed) {
   const int64_t row = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (row >= rows) return;
   const double* l = cholesky + static_cast<int64_t>(blockIdx.x) * width * width;
@@ -136,7 +145,13 @@ __global__ void solve_rows_kernel(scalar_t* y, const double* cholesky, const int
     }
     q[i] = v;
   }
-  for (int i = 0; i < width; ++i) image[row + i * rows] = static_cast<scalar_t>(q[i]);
+  for (int i = 0; i < width; ++i) {
+    const bool refill = !kept[i] && refill_pass > 0;
+    const double v =
+        refill ? standard_normal(make_uint4(static_cast<uint32_t>(row), static_cast<uint32_t>(i), refill_pass, 1u), seed)
+               : q[i];
+    image[row + i * rows] = static_cast<scalar_t>(v);
+  }
 }
 
 }  // namespace svdprune::cuda

@@ -4,6 +4,7 @@
 
 #include "block.cuh"
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -14,6 +15,15 @@ __device__ inline double image_energy(const double* energy_parts, int parts, int
   double total = 0.0;
   for (int p = 0; p < parts; ++p) total += energy_parts[image * parts + p];
   return total;
+}
+
+// Whether an image with ‖X‖_F² = `total` can be analysed in scalar_t: the total is finite (no
+// NaN/Inf in the features) and fits the compute dtype, whose Gram matrix would overflow
+// otherwise. The CPU backend raises on such an image; here it is marked invalid (rank 0, NaN
+// scores), since raising would need a host synchronisation.
+template <typename scalar_t>
+__device__ inline bool energy_fits(double total) {
+  return isfinite(total) && total <= (sizeof(scalar_t) == sizeof(double) ? DBL_MAX : static_cast<double>(FLT_MAX));
 }
 
 // Position, counted from the largest of the `count` ascending `values`, at which the running
@@ -50,17 +60,19 @@ __device__ int64_t first_reaching(const scalar_t* values, int64_t count, double 
 
 // Rank cut and leverage scores of one image per block, from `count` eigenpairs in ascending
 // order (`vectors`: rows × count, column-major). The rank is the smallest k whose k largest
-// eigenvalues reach variance · (1 - slack) · ‖X‖_F², or `count` if they do not; the score of
+// eigenvalues reach variance · (1 - slack) · ‖X‖_F², or `count` if they do not or if k exceeds
+// `resolvable` (a sketch of `count` columns only resolves ranks with some columns to spare, so
+// rank = count reports an unresolved rank); the score of
 // row j is the sum over those k columns of vector[j]², divided by the eigenvalue when the
 // vectors are X V (then columns with an eigenvalue at most slack times the largest carry no
 // energy and are skipped, as on the CPU). An image whose energy is zero gets rank 0 and zero
-// scores; one whose energy is not finite (NaN/Inf input, overflow) or whose eigensolver
-// reported an error gets rank 0 and NaN scores.
+// scores; one that fails energy_fits (NaN/Inf input, or too large for the compute dtype) or whose
+// eigensolver reported an error gets rank 0 and NaN scores.
 template <typename scalar_t>
 __global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int64_t rows,
                                      const double* energy_parts, int energy_parts_per_image, const int* info,
-                                     double variance, double slack, bool divide_by_value, scalar_t* scores,
-                                     int64_t* rank) {
+                                     double variance, double slack, int64_t resolvable, bool divide_by_value,
+                                     scalar_t* scores, int64_t* rank) {
   const int64_t image = blockIdx.x;
   const scalar_t* image_values = values + image * count;
   const scalar_t* image_vectors = vectors + image * rows * count;
@@ -70,11 +82,11 @@ __global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, cons
   if (threadIdx.x < 32) {
     double total = threadIdx.x == 0 ? image_energy(energy_parts, energy_parts_per_image, image) : 0.0;
     total = __shfl_sync(kFullMask, total, 0);
-    const bool valid = isfinite(total) && info[image] == 0;
+    const bool valid = energy_fits<scalar_t>(total) && info[image] == 0;
     int64_t k = 0;
     if (valid && total > 0.0) {
       const int64_t first = first_reaching(image_values, count, variance * total * (1.0 - slack));
-      k = first < count ? first + 1 : count;
+      k = first < count && first < resolvable ? first + 1 : count;
     }
     if (threadIdx.x == 0) {
       shared_rank = k;

@@ -1,6 +1,7 @@
 // Token selection from scores: launches the kernels of select.cuh, one block per image, with
 // the image's scores sorted in shared memory.
 #include "checks.h"
+#include "launch.cuh"
 #include "select.cuh"
 #include "svdprune_cuda.h"
 
@@ -25,8 +26,8 @@ void select_top_typed(const Context& ctx, const scalar_t* scores, int64_t batch,
   const int64_t size = next_power_of_two(n);
   const size_t bytes = select_shared_bytes(size, sizeof(scalar_t));
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(select_top_kernel<scalar_t>), bytes);
-  select_top_kernel<scalar_t><<<static_cast<unsigned>(batch), kThreads, bytes, ctx.stream>>>(
-      scores, static_cast<int>(n), static_cast<int>(size), static_cast<int>(budget), indices);
+  launch(select_top_kernel<scalar_t>, static_cast<unsigned>(batch), kThreads, bytes, ctx.stream, scores,
+         static_cast<int>(n), static_cast<int>(size), static_cast<int>(budget), indices);
   SVDPRUNE_CHECK_LAUNCH("select_top_kernel");
 }
 
@@ -36,8 +37,8 @@ void select_adaptive_typed(const Context& ctx, const scalar_t* scores, const int
   const int64_t size = next_power_of_two(n);
   const size_t bytes = select_shared_bytes(size, sizeof(scalar_t));
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(select_adaptive_kernel<scalar_t>), bytes);
-  select_adaptive_kernel<scalar_t><<<static_cast<unsigned>(batch), kThreads, bytes, ctx.stream>>>(
-      scores, rank, static_cast<int>(n), static_cast<int>(size), variance, min_tokens, max_tokens, mask, count);
+  launch(select_adaptive_kernel<scalar_t>, static_cast<unsigned>(batch), kThreads, bytes, ctx.stream, scores, rank,
+         static_cast<int>(n), static_cast<int>(size), variance, min_tokens, max_tokens, mask, count);
   SVDPRUNE_CHECK_LAUNCH("select_adaptive_kernel");
 }
 

@@ -1,6 +1,6 @@
 // CUDA implementation of the svdprune ops, free of torch headers so that nvcc compiles it
-// quickly. The ATen glue (svdprune_cuda.cpp) validates arguments, prepares the input and
-// passes plain device pointers, torch's current stream and its library handles; every
+// quickly. The ATen glue (ops_impl.h, run by svdprune_cuda.cpp) validates arguments, prepares the input and
+// passes plain device pointers, torch's current stream and its cuBLAS handle; every
 // temporary buffer comes from `Context::allocate`, i.e. from torch's caching allocator.
 //
 // Nothing here synchronises with the host: no device-to-host copies, no stream or device
@@ -20,15 +20,19 @@ namespace svdprune::cuda {
 
 enum class DType { Half, BFloat16, Float, Double };
 
+// Most matrices one cusolverDnXsyevBatched call is given: it fails with
+// CUSOLVER_STATUS_INVALID_VALUE on batches of about 32k matrices (not documented).
+constexpr int64_t kMaxSolverBatch = 16384;
+
 struct Context {
   cudaStream_t stream;
   // Already bound to `stream` and to torch's cuBLAS workspace by the caller: rebinding it
   // here would reset that workspace.
   cublasHandle_t blas;
-  // Bound to `stream` here, before each use.
-  cusolverDnHandle_t solver;
   // Device memory that stays valid until the op returns (stream-ordered reuse afterwards).
   std::function<void*(size_t bytes)> allocate;
+  // Lowered by tests only, to run small batches through several eigensolver calls.
+  int64_t max_solver_batch = kMaxSolverBatch;
 };
 
 // A batch of images: `batch` row-major, contiguous [n, d] matrices.

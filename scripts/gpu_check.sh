@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with a CUDA GPU, builds the extension for that GPU, runs every
+# CUDA test, runs compute-sanitizer (memcheck, racecheck, synccheck) on a few of them, runs the
+# CUDA benchmark, and writes one report into OUT_DIR: report.md and report.json (GPU, versions,
+# pass/fail and seconds per step) plus each step's log and the benchmark's JSON. About 8
+# minutes on an H100. Without a GPU it says so and exits 1; it exits 1 too when a step fails.
+#
+#   bash scripts/gpu_check.sh OUT_DIR
+#   bash scripts/gpu_check.sh --dry-run    # lists the steps, runs nothing
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=.venv/bin/python
+SANITIZED="tests/test_cuda.py::test_rank_follows_variance tests/test_cuda.py::test_many_tokens"
+
+STEPS=(
+  "build|CUDA_HOME=\${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\$ARCH MAX_JOBS=8 $PY -m pip install -q --no-build-isolation --no-deps -e ."
+  "info|$PY -m svdprune_cuda.info"
+  "cuda-tests|$PY -m pytest -q tests/test_cuda.py"
+  "cuda-op-tests|$PY -m pytest -q tests/test_ops.py tests/test_pivoted.py -k 'cuda and not cuda_on_host'"
+  "memcheck|compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
+  "racecheck|compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
+  "synccheck|compute-sanitizer --tool synccheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
+  "benchmark|$PY -m pytest -q benchmarks/bench_select_cuda.py --benchmark-json=\$OUT/bench_select_cuda.json"
+)
+
+if [ "${1:-}" = "--dry-run" ]; then
+  for step in "${STEPS[@]}"; do echo "${step%%|*}: ${step#*|}"; done
+  exit 0
+fi
+[ $# -eq 1 ] || { echo "usage: $0 OUT_DIR | --dry-run" >&2; exit 2; }
+if ! command -v nvidia-smi >/dev/null || ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+  echo "gpu_check: no CUDA GPU visible here; nothing checked" >&2
+  exit 1
+fi
+OUT=$(mkdir -p "$1" && cd "$1" && pwd)
+ARCH=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+export OUT ARCH
+: > "$OUT/steps.tsv"
+status=0
+for step in "${STEPS[@]}"; do
+  name=${step%%|*}
+  start=$(date +%s.%N)
+  timeout 1800 bash -c "${step#*|}" > "$OUT/$name.log" 2>&1
+  rc=$?
+  seconds=$(echo "$(date +%s.%N) - $start" | bc)
+  printf '%s\t%s\t%.1f\n' "$name" "$rc" "$seconds" >> "$OUT/steps.tsv"
+  echo "gpu_check: $name: $([ $rc -eq 0 ] && echo pass || echo "FAIL ($rc)") in ${seconds%.*} s"
+  [ $rc -eq 0 ] || status=1
+done
+
+$PY - "$OUT" <<'PY'
+import json, subprocess, sys, torch
+from pathlib import Path
+out = Path(sys.argv[1])
+steps = [dict(step=n, passed=rc == "0", exit_code=int(rc), seconds=float(s))
+         for n, rc, s in (line.split("\t") for line in (out / "steps.tsv").read_text().splitlines())]
+gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                     capture_output=True, text=True).stdout.strip()
+report = dict(gpu=gpu, torch=torch.__version__, cuda=torch.version.cuda,
+              svdprune_info=(out / "info.log").read_text().strip(), steps=steps,
+              passed=all(s["passed"] for s in steps))
+(out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+lines = [f"# svdprune GPU check: {'PASS' if report['passed'] else 'FAIL'}", "",
+         f"GPU: {gpu}  ", f"torch {torch.__version__}, CUDA {torch.version.cuda}", "",
+         "| step | result | seconds |", "|---|---|---|"]
+lines += [f"| {s['step']} | {'pass' if s['passed'] else 'FAIL (%d)' % s['exit_code']} | {s['seconds']:.1f} |" for s in steps]
+lines += ["", "Logs: `<step>.log`; benchmark: `bench_select_cuda.json`."]
+(out / "report.md").write_text("\n".join(lines) + "\n")
+PY
+echo "gpu_check: report in $OUT/report.md"
+exit $status

@@ -1,0 +1,2 @@
+// csrc/cuda/select.cu compiled for the host against the stand-ins of this directory.
+#include "select.cu"

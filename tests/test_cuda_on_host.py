@@ -1,0 +1,278 @@
+"""The CUDA backend run on the host (tests/cuda_on_host.py): first the host stand-ins for cuBLAS,
+cuSOLVER and the 16-bit types, each against a formula written from the library's documentation
+(never against the backend, so that a misread layout cannot pass by being misread twice), then
+what only this build can show about the backend: solver batches, handles and graph capture,
+unresolved sketch ranks, invalid images, real photos. The op tests of test_ops.py and
+test_pivoted.py run on this build too (device "cuda_on_host")."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cuda_on_host
+from helpers import SPECTRUM, designed, lifted
+from svdprune_cuda import reference
+
+CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_COMPUTE_64F = 68, 69, 70
+CUBLAS_STATUS_INVALID_VALUE, CUBLAS_STATUS_NOT_SUPPORTED = 7, 15
+CUSOLVER_STATUS_INVALID_VALUE = 3
+
+
+@pytest.fixture(scope="module")
+def host():
+    return cuda_on_host.extension()
+
+
+# --- the stand-ins
+
+
+def gemm_by_the_book(transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, batch):
+    """cuBLAS documentation of cublasGemmStridedBatchedEx, element by element on flat lists:
+    C_i = alpha op(A_i) op(B_i) + beta C_i, column-major, X_i starting at X + i * strideX."""
+    a, b, out = a.tolist(), b.tolist(), c.tolist()
+    for i in range(batch):
+        for row in range(m):
+            for col in range(n):
+                total = 0.0
+                for p in range(k):
+                    a_value = a[i * stride_a + (p + row * lda if transa else row + p * lda)]
+                    b_value = b[i * stride_b + (col + p * ldb if transb else p + col * ldb)]
+                    total += a_value * b_value
+                at = i * stride_c + row + col * ldc
+                out[at] = alpha * total + (beta * out[at] if beta != 0 else 0.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("transa,transb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    "in_dtype,out_dtype,compute",
+    [
+        (torch.float16, torch.float32, CUBLAS_COMPUTE_32F),
+        (torch.bfloat16, torch.float32, CUBLAS_COMPUTE_32F),
+        (torch.float32, torch.float32, CUBLAS_COMPUTE_32F_PEDANTIC),
+        (torch.float64, torch.float64, CUBLAS_COMPUTE_64F),
+    ],
+)
+def test_gemm_stand_in_follows_the_documentation(host, transa, transb, in_dtype, out_dtype, compute):
+    m, n, k, batch = 3, 4, 5, 2
+    lda, ldb, ldc = (k if transa else m) + 2, (n if transb else k) + 1, m + 3  # padded leading dimensions
+    stride_a, stride_b, stride_c = lda * (m if transa else k) + 1, ldb * (k if transb else n), ldc * n + 2
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(stride_a * batch, generator=generator).to(in_dtype)
+    b = torch.randn(stride_b * batch, generator=generator).to(in_dtype)
+    for alpha, beta in ((1.0, 0.0), (0.5, -2.0)):
+        c = torch.randn(stride_c * batch, generator=generator).to(out_dtype)
+        if beta == 0:
+            c[0] = float("nan")  # not read with beta = 0
+        expected = gemm_by_the_book(transa, transb, m, n, k, alpha, a.double(), lda, stride_a, b.double(), ldb,
+                                    stride_b, beta, c.double(), ldc, stride_c, batch)
+        status = host.gemm_strided_batched(transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
+                                           ldc, stride_c, batch, compute)
+        assert status == 0
+        torch.testing.assert_close(c.double(), expected, atol=1e-5 if out_dtype == torch.float32 else 1e-12, rtol=0)
+
+
+def test_gemm_stand_in_broadcasts_a_zero_stride(host):
+    a = torch.randn(6, dtype=torch.float64)  # one 2×3 matrix for both images
+    b = torch.randn(2 * 12, dtype=torch.float64)
+    c = torch.zeros(2 * 8, dtype=torch.float64)
+    assert host.gemm_strided_batched(False, False, 2, 4, 3, 1.0, a, 2, 0, b, 3, 12, 0.0, c, 2, 8, 2, CUBLAS_COMPUTE_64F) == 0
+    expected = gemm_by_the_book(False, False, 2, 4, 3, 1.0, a, 2, 0, b, 3, 12, 0.0, c, 2, 8, 2)
+    torch.testing.assert_close(c, expected, atol=1e-12, rtol=0)
+
+
+def test_gemm_stand_in_refuses_what_cublas_refuses(host):
+    x, y = torch.zeros(64), torch.zeros(64, dtype=torch.float64)
+    args = lambda lda, compute, c=x: (False, False, 2, 2, 2, 1.0, x, lda, 4, x, 2, 4, 0.0, c, 2, 4, 1, compute)
+    assert host.gemm_strided_batched(*args(2, CUBLAS_COMPUTE_32F)) == 0
+    assert host.gemm_strided_batched(*args(1, CUBLAS_COMPUTE_32F)) == CUBLAS_STATUS_INVALID_VALUE  # lda < m
+    assert host.gemm_strided_batched(*args(2, CUBLAS_COMPUTE_64F)) == CUBLAS_STATUS_NOT_SUPPORTED  # float data
+    assert host.gemm_strided_batched(*args(2, CUBLAS_COMPUTE_32F, y)) == CUBLAS_STATUS_NOT_SUPPORTED  # double C
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lower", [True, False], ids=["lower", "upper"])
+def test_eigensolver_stand_in_follows_the_documentation(host, dtype, lower):
+    n, lda, batch = 5, 7, 3
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(lda * n * batch, generator=generator, dtype=torch.float64)
+    # Matrix i, element (r, c) at a[i * lda * n + r + c * lda]; only the `uplo` triangle is read.
+    def element(flat, i, r, c):
+        return flat[i * lda * n + r + c * lda]
+    read = lambda r, c: r >= c if lower else r <= c
+    symmetric = torch.zeros(batch, n, n, dtype=torch.float64)
+    for i in range(batch):
+        for r in range(n):
+            for c in range(n):
+                if read(r, c):
+                    symmetric[i, r, c] = symmetric[i, c, r] = element(a, i, r, c)
+                else:
+                    a[i * lda * n + r + c * lda] = float("nan")  # never read
+    a = a.to(dtype)
+    symmetric = symmetric.to(dtype).double()
+    padding = [i * lda * n + r + c * lda for i in range(batch) for c in range(n) for r in range(n, lda)]
+    before = a[padding].clone()
+    w = torch.full((batch * n,), -7.0, dtype=dtype)
+    info = torch.full((batch,), -7, dtype=torch.int32)
+    assert host.syev_batched(a, n, lda, w, info, lower, batch) == 0
+    assert info.tolist() == [0] * batch
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+    for i in range(batch):
+        values = w[i * n:(i + 1) * n].double()
+        assert torch.all(values[1:] >= values[:-1]), "ascending"
+        torch.testing.assert_close(values, torch.linalg.eigvalsh(symmetric[i]), atol=tolerance, rtol=0)
+        vectors = torch.tensor([[element(a, i, r, c) for c in range(n)] for r in range(n)], dtype=torch.float64)
+        torch.testing.assert_close(symmetric[i] @ vectors, vectors * values, atol=tolerance * 10, rtol=0)  # column j: eigenvector j
+        torch.testing.assert_close(vectors.mT @ vectors, torch.eye(n, dtype=torch.float64), atol=tolerance, rtol=0)
+    assert torch.equal(a[padding], before), "rows past n of each column are left alone"
+
+
+def test_eigensolver_stand_in_reports_per_matrix_and_limits_the_batch(host):
+    n = 3
+    a = torch.eye(n).repeat(3, 1, 1).flatten().clone()
+    a[n * n + 4] = float("nan")  # matrix 1
+    w, info = torch.zeros(3 * n), torch.zeros(3, dtype=torch.int32)
+    assert host.syev_batched(a, n, n, w, info, True, 3) == 0
+    assert info.tolist() == [0, 1, 0]
+    assert torch.equal(w[:n], torch.ones(n)) and torch.equal(w[2 * n:], torch.ones(n))
+    big = torch.zeros(16385)
+    assert host.syev_batched(big, 1, 1, big.clone(), torch.zeros(16385, dtype=torch.int32), True, 16385) == CUSOLVER_STATUS_INVALID_VALUE
+    assert host.syev_batched(big, 1, 1, big.clone(), torch.zeros(16385, dtype=torch.int32), True, 16384) == 0
+
+
+@pytest.mark.parametrize("dtype,convert", [(torch.float16, "half_to_float"), (torch.bfloat16, "bfloat16_to_float")])
+def test_16_bit_conversions_are_exact_for_every_value(host, dtype, convert):
+    values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    got = torch.tensor([getattr(host, convert)(bits) for bits in range(65536)])
+    nan = torch.isnan(values)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got[~nan], values[~nan])
+    assert torch.equal(torch.signbit(got[~nan]), torch.signbit(values[~nan]))
+
+
+# --- the backend on the host
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_batches_go_through_several_eigensolver_calls(host, method):
+    # cusolverDnXsyevBatched fails on batches of about 32k matrices: calls take at most 16384.
+    x = designed(96, 160, SPECTRUM, noise=1e-3, batch=7).float()
+    expected = cuda_on_host.select(x, 16, 0.9, method)
+    host.syev_calls()
+    host.set_max_solver_batch(3)
+    host.set_max_syev_batch(3)
+    try:
+        got = cuda_on_host.select(x, 16, 0.9, method)
+        assert host.syev_calls() == [3, 3, 1]
+    finally:
+        host.set_max_solver_batch(16384)
+        host.set_max_syev_batch(16384)
+    for a, b in zip(got, expected):
+        assert torch.equal(a, b)
+    assert torch.equal(got[2], reference.leverage(x)[1])
+
+
+CAPTURE = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import cuda_on_host
+host = cuda_on_host.extension()
+x = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(0))
+host.set_capturing(True)
+try:
+    cuda_on_host.leverage(x)
+    raise SystemExit("a first call under capture created a solver handle")
+except RuntimeError as error:
+    assert "run the op once on this device before capturing" in str(error), error
+host.set_capturing(False)
+expected = cuda_on_host.leverage(x)
+host.set_capturing(True)
+assert all(torch.equal(a, b) for a, b in zip(cuda_on_host.leverage(x), expected))  # warmed up
+host.set_syev_host_workspace_bytes(64)
+try:
+    cuda_on_host.leverage(x)
+    raise SystemExit("a host workspace was used under capture")
+except RuntimeError as error:
+    assert "needs a host workspace" in str(error), error
+host.set_capturing(False)
+assert all(torch.equal(a, b) for a, b in zip(cuda_on_host.leverage(x), expected))
+print("ok")
+"""
+
+
+def test_graph_capture_needs_a_warm_up_and_no_host_workspace(host):
+    # A fresh process: the solver handle pool starts empty there.
+    tests = str(Path(__file__).resolve().parent)
+    out = subprocess.run([sys.executable, "-c", CAPTURE.format(tests=tests)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_solver_handles_are_pooled_not_per_thread(host):
+    import threading
+
+    x = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(0))
+    cuda_on_host.leverage(x)
+    handles = host.live_solver_handles()
+    threads = [threading.Thread(target=cuda_on_host.leverage, args=(x,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+        t.join()  # one after the other: each short-lived thread borrows the same idle handle
+    assert host.live_solver_handles() == handles == 1
+
+
+def test_randomized_reports_an_unresolved_rank_as_the_sketch_width_and_auto_is_exact():
+    # Noise: the variance cut needs far more directions than a 128-column sketch resolves.
+    x = torch.randn(512, 600, generator=torch.Generator().manual_seed(0))
+    exact_scores, exact_rank = cuda_on_host.leverage(x, 0.9, "exact")
+    assert exact_rank.item() == reference.leverage(x)[1].item() > 128
+    _, rank = cuda_on_host.leverage(x, 0.9, "randomized")
+    assert rank.item() == 128
+    auto_scores, auto_rank = cuda_on_host.leverage(x, 0.9, "auto")
+    assert torch.equal(auto_rank, exact_rank) and torch.equal(auto_scores, exact_scores)
+    # A rank the sketch resolves is the exact one.
+    y = designed(512, 600, SPECTRUM, noise=1e-3).float()
+    assert cuda_on_host.leverage(y, 0.9, "randomized")[1].item() == reference.leverage(y)[1].item() == 3
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_inf_and_too_large_images_are_marked_invalid(method, dtype):
+    # The CPU raises on these (see test_ops.py); CUDA cannot without a host synchronisation, so
+    # such an image gets rank 0 and NaN scores, and select falls back to the first tokens.
+    x = designed(64, 600, SPECTRUM, noise=1e-3, batch=4).to(dtype)
+    x[0, 3, 4] = float("nan")
+    x[1, 0, 0] = float("inf")
+    x[2] = 3e38 if dtype == torch.bfloat16 else 1e20  # ||X||_F^2 beyond float32
+    indices, scores, rank = cuda_on_host.select(x, 8, 0.9, method)
+    assert rank.tolist() == [0, 0, 0, 3]
+    assert torch.isnan(scores[:3]).all() and torch.isfinite(scores[3]).all()
+    assert torch.equal(indices[:3], torch.arange(8).expand(3, -1))
+    mask, count, _, _ = cuda_on_host.select_adaptive(x, 0.9, 2, -1, method)
+    assert count[:3].tolist() == [2, 2, 2]
+    assert torch.equal(cuda_on_host.select(x, 8, 0.9, method, 0, "pivoted")[0][:3], torch.arange(8).expand(3, -1))
+
+
+def test_rank_deficient_input_gives_the_numerical_rank():
+    generator = torch.Generator().manual_seed(3)
+    for d in (1024, 40):
+        x = torch.randn(576, 5, generator=generator) @ torch.randn(5, d, generator=generator)
+        for method in ("exact", "randomized"):
+            scores, rank = cuda_on_host.leverage(x, 1.0, method)
+            expected_scores, expected_rank = reference.leverage(x, 1.0)
+            assert rank.item() == 5 == expected_rank.item(), (d, method)
+            torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+
+
+def test_lifted_photos_give_the_reference_top_k_and_rank(photos):
+    for name, patches in photos.items():
+        x = lifted(patches)
+        expected_scores, expected_rank = reference.leverage(x)
+        ranking = torch.sort(expected_scores, descending=True, stable=True).indices  # reference.select's rule
+        for budget in (64, 32, 16):
+            indices, scores, rank = cuda_on_host.select(x, budget)
+            assert rank.item() == expected_rank.item(), name
+            torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
+            assert torch.equal(indices, torch.sort(ranking[:budget]).values), (name, budget)
