@@ -41,13 +41,13 @@ def extension():
     return _extension
 
 
-def select(features, budget, variance=0.9, method="exact", seed=0, strategy="leverage"):
-    return tuple(extension().select(features, budget, variance, method, False, seed, strategy))
+def select(features, budget, variance=0.9, method="exact", seed=0, strategy="leverage", *, center=False):
+    return tuple(extension().select(features, budget, variance, method, center, seed, strategy))
 
 
-def leverage(features, variance=0.9, method="exact", seed=0):
-    return tuple(extension().leverage(features, variance, method, False, seed))
+def leverage(features, variance=0.9, method="exact", seed=0, *, center=False):
+    return tuple(extension().leverage(features, variance, method, center, seed))
 
 
-def select_adaptive(features, variance=0.9, min_tokens=1, max_tokens=-1, method="exact", seed=0):
-    return tuple(extension().select_adaptive(features, variance, min_tokens, max_tokens, method, False, seed))
+def select_adaptive(features, variance=0.9, min_tokens=1, max_tokens=-1, method="exact", seed=0, *, center=False):
+    return tuple(extension().select_adaptive(features, variance, min_tokens, max_tokens, method, center, seed))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import svdprune_cuda
-from helpers import DEVICES, SPECTRUM, designed
+from helpers import SPECTRUM, TORCH_DEVICES, designed
 
 CALLS = {
     "leverage": lambda x: torch.ops.svdprune.leverage(x, 0.9, "exact"),
@@ -21,7 +21,7 @@ def features(device, dtype=torch.float32, batch=2):
     return designed(96, 300, SPECTRUM, noise=1e-3, batch=batch).to(device=device, dtype=dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_features_that_require_grad(call, dtype, device):
@@ -33,14 +33,14 @@ def test_features_that_require_grad(call, dtype, device):
         assert torch.equal(out, want)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_wrappers_accept_features_that_require_grad(device):
     x = features(device).requires_grad_()
     for outputs in (svdprune_cuda.leverage(x), svdprune_cuda.select(x, 8), svdprune_cuda.select_adaptive(x)):
         assert not any(out.requires_grad for out in outputs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_inference_tensors(call, device):
     expected = CALLS[call](features(device))
@@ -60,7 +60,7 @@ def keep_and_project(features, weight):
     return (kept @ weight).square().sum(), indices
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_gradients_flow_through_the_kept_tokens(compiled, device):
     x = features(device).requires_grad_()

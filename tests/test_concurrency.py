@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from helpers import DEVICES, SPECTRUM, designed, run_on
+from helpers import SPECTRUM, TORCH_DEVICES, designed, run_on
 
 THREADS = 8
 
@@ -31,7 +31,7 @@ def calls():
     ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_concurrent_calls_match_serial_calls(device):
     work = calls()
     serial = [run_on(device, op, x, *args) for op, x, args in work]

@@ -11,10 +11,11 @@ pytest.importorskip("skimage")
 
 import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
+from helpers import encode  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_grad")]
 
 N = 576
 PROMPTS = [
@@ -40,16 +41,6 @@ def processors():
 def models(processors):
     model = tiny_models.build_model(processors["left"])
     return {torch.float32: model, torch.bfloat16: tiny_models.build_model(processors["left"], dtype=torch.bfloat16)}
-
-
-@pytest.fixture(autouse=True)
-def no_grad():
-    with torch.no_grad():
-        yield
-
-
-def encode(processor, images, prompts):
-    return processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
 
 def hf_projected_features(model, pixel_values):

@@ -12,10 +12,11 @@ pytest.importorskip("skimage")
 
 import svdprune  # noqa: E402
 import svdprune_cuda  # noqa: E402
+from helpers import encode  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_grad")]
 
 PER_CROP = 64
 PROMPTS = [
@@ -41,16 +42,6 @@ def processors():
 @pytest.fixture(scope="module")
 def model(processors):
     return tiny_models.build_next_model(processors["left"])
-
-
-@pytest.fixture(autouse=True)
-def no_grad():
-    with torch.no_grad():
-        yield
-
-
-def encode(processor, images, prompts):
-    return processor(images=images, text=prompts, return_tensors="pt", padding=True)
 
 
 def hf_image_features(model, inputs):

@@ -3,7 +3,7 @@
 hypothesis draws the shape (N and D from 1 to 700, either one the larger; B from 1 to 8), the
 dtype, the spectrum (flat, steep, rank-deficient, duplicated rows, all rows equal), the scale (from
 the dtype's smallest normal number to near its largest), the budget, variance, centering, method
-and strategy. The profile in tests/conftest.py fixes the examples; EXAMPLE_SHARE scales how many
+and strategy. The profile below fixes the examples; EXAMPLE_SHARE scales how many
 each device runs. Counter-examples found here are kept as regular tests at the end.
 """
 
@@ -11,11 +11,26 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from helpers import DEVICES, DTYPES, assert_top_k, run_on
 from svdprune_cuda import reference
+
+# One fixed profile for the property-based tests: the same examples on every run (derandomized,
+# no example database), bounded in number, and no per-example deadline (an example's time depends
+# on its shape and on the machine's load). A failing example is reported as drawn, without
+# shrinking, which on these inputs can take many minutes.
+settings.register_profile(
+    "svdprune",
+    derandomize=True,
+    database=None,
+    max_examples=40,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("svdprune")
 
 # Fraction of the profile's examples a device runs (1 where not listed): a device whose kernels
 # run slowly, such as the host emulation of CUDA, gets fewer.
@@ -24,6 +39,13 @@ EXAMPLE_SHARE = {"cuda_on_host": 0.25}
 BATCH_ELEMENTS = 1_500_000
 SPECTRA = ["flat", "steep", "rank_deficient", "duplicated_rows", "equal_rows"]
 METHODS = ["exact", "randomized", "auto"]
+# What the CUDA backend documents as its own: the randomized path reports an unresolved rank as the
+# sketch width (it cannot fall back to the exact solver without a host synchronisation), and an
+# image whose ||X||_F^2 leaves float32 is marked invalid instead of rescaled (README, "On CUDA").
+# Those cases are tested in test_cuda_on_host.py; here the CUDA backend gets the exact paths and
+# scales whose squares float32 holds.
+DEVICE_METHODS = {"cuda_on_host": ["exact", "auto"]}
+DEVICE_SCALES = {"cuda_on_host": (2.0**-30, 2.0**30)}
 RANK_SLACK = {torch.float32: 1e-5, torch.float64: 1e-10}  # the kernels' relative slack on the cut
 ROUNDING = 1e-5  # how far float32 rounding alone moves a score
 
@@ -36,17 +58,17 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def scale_range(dtype: torch.dtype) -> tuple[float, float]:
+def scale_range(dtype: torch.dtype, device: str) -> tuple[float, float]:
     """Range of the largest |entry|: from the dtype's smallest normal number to near its largest.
     In float64 it stops where ‖X‖_F² would leave float64, which the reference computes."""
     info = torch.finfo(dtype)
-    if dtype == torch.float64:
-        return 1e-150, 1e150
-    return info.tiny, info.max / 2
+    low, high = (1e-150, 1e150) if dtype == torch.float64 else (info.tiny, info.max / 2)
+    device_low, device_high = DEVICE_SCALES.get(device, (low, high))
+    return max(low, device_low), min(high, device_high)
 
 
 @st.composite
-def features(draw, max_batch: int = 8) -> torch.Tensor:
+def features(draw, device: str, max_batch: int = 8) -> torch.Tensor:
     """[B, N, D] features of a drawn dtype, spectrum and scale."""
     n, d = draw(st.integers(1, 700)), draw(st.integers(1, 700))
     batch = min(draw(st.integers(1, max_batch)), max(1, BATCH_ELEMENTS // (n * d)))
@@ -71,7 +93,7 @@ def features(draw, max_batch: int = 8) -> torch.Tensor:
         x = gaussian(distinct, d)[:, torch.randint(distinct, (n,), generator=generator)]
     else:
         x = gaussian(1, d).expand(batch, n, d)
-    low, high = scale_range(dtype)
+    low, high = scale_range(dtype, device)
     largest = math.exp(draw(st.floats(math.log(low), math.log(high))))
     peak = x.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     return (x * (largest / peak)).to(dtype)
@@ -156,12 +178,12 @@ def check_indices(indices: torch.Tensor, n: int, budget: int):
 @pytest.mark.parametrize("device", DEVICES)
 def test_select_matches_reference(device):
     @examples(device, 40)
-    @given(x=features(), data=st.data())
+    @given(x=features(device), data=st.data())
     def check(x, data):
         n = x.shape[1]
         budget = data.draw(st.integers(1, n), label="budget")
         variance = data.draw(st.floats(0.0, 1.0, exclude_min=True), label="variance")
-        method = data.draw(st.sampled_from(METHODS), label="method")
+        method = data.draw(st.sampled_from(DEVICE_METHODS.get(device, METHODS)), label="method")
         strategy = data.draw(st.sampled_from(["leverage", "pivoted"]), label="strategy")
         center = data.draw(st.booleans(), label="center")
         indices, scores, rank = run_on(device, torch.ops.svdprune.select, x, budget, variance, method, center, 0, strategy)
@@ -178,13 +200,13 @@ def test_select_matches_reference(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_select_adaptive_meets_its_definition(device):
     @examples(device, 20)
-    @given(x=features(), data=st.data())
+    @given(x=features(device), data=st.data())
     def check(x, data):
         n = x.shape[1]
         variance = data.draw(st.floats(0.0, 1.0, exclude_min=True), label="variance")
         max_tokens = data.draw(st.sampled_from([-1, *range(1, n + 1)]), label="max_tokens")
         min_tokens = data.draw(st.integers(0, n if max_tokens == -1 else max_tokens), label="min_tokens")
-        method = data.draw(st.sampled_from(METHODS), label="method")
+        method = data.draw(st.sampled_from(DEVICE_METHODS.get(device, METHODS)), label="method")
         center = data.draw(st.booleans(), label="center")
         mask, count, scores, rank = run_on(
             device, torch.ops.svdprune.select_adaptive, x, variance, min_tokens, max_tokens, method, center
@@ -205,10 +227,10 @@ def test_select_adaptive_meets_its_definition(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_results_do_not_depend_on_batch_threads_or_layout(device):
     @examples(device, 10)
-    @given(x=features(max_batch=4), data=st.data())
+    @given(x=features(device, max_batch=4), data=st.data())
     def check(x, data):
         budget = data.draw(st.integers(1, x.shape[1]), label="budget")
-        method = data.draw(st.sampled_from(METHODS), label="method")
+        method = data.draw(st.sampled_from(DEVICE_METHODS.get(device, METHODS)), label="method")
         strategy = data.draw(st.sampled_from(["leverage", "pivoted"]), label="strategy")
         args = (budget, 0.9, method, False, 0, strategy)
         batched = run_on(device, torch.ops.svdprune.select, x, *args)
@@ -308,7 +330,8 @@ def test_invalid_arguments_raise_an_error_naming_them(device):
 # -- counter-examples found above, kept as regular tests ----------------------------------------
 
 
-@pytest.mark.parametrize("device", DEVICES)
+# The CPU kernel rescales such images; the CUDA backend marks them invalid (see DEVICE_SCALES).
+@pytest.mark.parametrize("device", ["cpu"])
 @pytest.mark.parametrize(
     "x",
     [

@@ -81,8 +81,10 @@ inline Analysis analyze_batch(const at::Tensor& x, double variance, std::string_
   // that recovers left singular vectors when D < N, need them in the compute dtype.
   at::Tensor work;
   if (center) {
+    // The mean accumulated in double, as on the CPU: the tokens of a constant image centre to
+    // exactly zero.
     const auto wide = x.to(compute);
-    work = (wide - wide.mean(1, /*keepdim=*/true)).contiguous();
+    work = (wide - wide.mean(at::IntArrayRef{1}, /*keepdim=*/true, at::kDouble).to(compute)).contiguous();
   } else if (d < n) {
     work = x.to(compute).contiguous();
   } else {
