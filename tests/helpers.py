@@ -13,7 +13,8 @@ needs_cuda = pytest.mark.skipif(
 )
 # "cuda_on_host": the CUDA backend's own code compiled for the host (tests/cuda_on_host.py).
 TORCH_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]  # where torch.ops.svdprune.* itself runs
-DEVICES = [*TORCH_DEVICES, "cuda_on_host"]
+# slow: the first use compiles the CUDA backend for the host.
+DEVICES = [*TORCH_DEVICES, pytest.param("cuda_on_host", marks=pytest.mark.slow)]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 METHODS = ["exact", "randomized"]

@@ -16,6 +16,8 @@ import cuda_on_host
 from helpers import SPECTRUM, designed, lifted
 from svdprune_cuda import reference
 
+pytestmark = pytest.mark.slow  # compiles the CUDA backend for the host first
+
 CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_COMPUTE_64F = 68, 69, 70
 CUBLAS_STATUS_INVALID_VALUE, CUBLAS_STATUS_NOT_SUPPORTED = 7, 15
 CUSOLVER_STATUS_INVALID_VALUE = 3
