@@ -137,22 +137,12 @@ def build_model(
     dtype: torch.dtype = torch.float32,
 ):
     """A randomly initialised ``LlavaForConditionalGeneration`` matching ``processor``'s tokenizer."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     tokenizer = processor.tokenizer
-    vision_config = CLIPVisionConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-        hidden_size=vision_hidden,
-        intermediate_size=4 * vision_hidden,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=max(1, vision_hidden // 32),
-        projection_dim=vision_hidden,
-    )
-    text_config = _text_config(tokenizer, text_hidden, text_layers, text_heads)
     config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
+        vision_config=_vision_config("CLIPVisionConfig", vision_hidden, vision_layers, IMAGE_SIZE),
+        text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
@@ -214,11 +204,12 @@ def _anyres_image_processor(name: str, mean, std, tile_size: int = TILE_SIZE):
     )
 
 
-def _anyres_vision_config(kind: str, hidden: int, layers: int, tile_size: int = TILE_SIZE):
+def _vision_config(kind: str, hidden: int, layers: int, image_size: int = TILE_SIZE):
+    """A small CLIP or SigLIP tower (``kind``) for ``image_size`` px images or crops."""
     import transformers
 
     return getattr(transformers, kind)(
-        image_size=tile_size,
+        image_size=image_size,
         patch_size=PATCH_SIZE,
         hidden_size=hidden,
         intermediate_size=4 * hidden,
@@ -259,7 +250,7 @@ def build_next_model(
     tokenizer = processor.tokenizer
     tile_size = processor.image_processor.crop_size["height"]
     config = LlavaNextConfig(
-        vision_config=_anyres_vision_config("CLIPVisionConfig", vision_hidden, vision_layers, tile_size),
+        vision_config=_vision_config("CLIPVisionConfig", vision_hidden, vision_layers, tile_size),
         text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_grid_pinpoints=_pinpoints(tile_size),
@@ -311,7 +302,7 @@ def build_onevision_model(
 
     tokenizer = processor.tokenizer
     config = LlavaOnevisionConfig(
-        vision_config=_anyres_vision_config("SiglipVisionConfig", vision_hidden, vision_layers),
+        vision_config=_vision_config("SiglipVisionConfig", vision_hidden, vision_layers),
         text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
