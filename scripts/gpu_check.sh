@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, builds the extension for that GPU, runs every
 # CUDA test, runs compute-sanitizer (memcheck, racecheck, synccheck) on a few of them, runs the
-# CUDA benchmark, and writes one report into OUT_DIR: report.md and report.json (GPU, versions,
+# CUDA benchmark and the memory measurement, and writes one report into OUT_DIR: report.md and report.json (GPU, versions,
 # pass/fail and seconds per step) plus each step's log and the benchmark's JSON. About 8
 # minutes on an H100. Without a GPU it says so and exits 1; it exits 1 too when a step fails.
 #
@@ -16,11 +16,12 @@ STEPS=(
   "build|CUDA_HOME=\${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\$ARCH MAX_JOBS=8 $PY -m pip install -q --no-build-isolation --no-deps -e ."
   "info|$PY -m svdprune_cuda.info"
   "cuda-tests|$PY -m pytest -q tests/test_cuda.py"
-  "cuda-op-tests|$PY -m pytest -q tests/test_ops.py tests/test_pivoted.py -k 'cuda and not cuda_on_host'"
+  "cuda-op-tests|$PY -m pytest -q tests/test_ops.py tests/test_pivoted.py tests/test_properties.py tests/test_autograd.py tests/test_concurrency.py -k 'cuda and not cuda_on_host'"
   "memcheck|compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
   "racecheck|compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
   "synccheck|compute-sanitizer --tool synccheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
   "benchmark|$PY -m pytest -q benchmarks/bench_select_cuda.py --benchmark-json=\$OUT/bench_select_cuda.json"
+  "memory|$PY benchmarks/bench_memory.py --device cuda > \$OUT/memory.md"
 )
 
 if [ "${1:-}" = "--dry-run" ]; then
@@ -64,7 +65,7 @@ lines = [f"# svdprune GPU check: {'PASS' if report['passed'] else 'FAIL'}", "",
          f"GPU: {gpu}  ", f"torch {torch.__version__}, CUDA {torch.version.cuda}", "",
          "| step | result | seconds |", "|---|---|---|"]
 lines += [f"| {s['step']} | {'pass' if s['passed'] else 'FAIL (%d)' % s['exit_code']} | {s['seconds']:.1f} |" for s in steps]
-lines += ["", "Logs: `<step>.log`; benchmark: `bench_select_cuda.json`."]
+lines += ["", "Logs: `<step>.log`; benchmark: `bench_select_cuda.json`; peak memory: `memory.md`."]
 (out / "report.md").write_text("\n".join(lines) + "\n")
 PY
 echo "gpu_check: report in $OUT/report.md"
