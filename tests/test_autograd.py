@@ -61,7 +61,7 @@ def keep_and_project(features, weight):
 
 
 @pytest.mark.parametrize("device", TORCH_DEVICES)
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_gradients_flow_through_the_kept_tokens(compiled, device):
     x = features(device).requires_grad_()
     weight = torch.randn(300, 4, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()

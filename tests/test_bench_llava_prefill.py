@@ -14,6 +14,7 @@ from svdprune.testing import images
 from svdprune.testing.measure import SELECTIONS
 
 
+@pytest.mark.slow
 def test_help():
     out = subprocess.run([sys.executable, bench.__file__, "--help"], capture_output=True, text=True, check=True).stdout
     assert "--methods" in out and "time to" in out
@@ -54,6 +55,7 @@ def test_device_defaults_and_an_explicit_zero():
         bench.arguments(["--device", "cpu", "--decode-tokens", "-1"])
 
 
+@pytest.mark.slow
 def test_first_token_only_has_no_decode_rate():
     from svdprune.testing import models as tiny_models
 

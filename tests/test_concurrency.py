@@ -31,6 +31,7 @@ def calls():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_concurrent_calls_match_serial_calls(device):
     work = calls()

@@ -70,6 +70,7 @@ def test_demo_reports_a_missing_checkpoint(tmp_path):
         main(["demo", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "x.png")])
 
 
+@pytest.mark.slow
 def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "svdprune", "demo", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

@@ -4,6 +4,7 @@ registered; SVDPRUNE_LIBRARY selects another build of the library."""
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import svdprune
@@ -20,11 +21,15 @@ def test_build_facts_come_from_the_library():
     assert (info["cuSOLVER"] != "-") == info["built with CUDA"]
 
 
-def test_command_prints_the_facts():
-    out = subprocess.run([sys.executable, "-m", "svdprune.info"], capture_output=True, text=True, check=True).stdout
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["svdprune.info", "svdprune_cuda.info"])
+def test_command_prints_the_facts(module):
+    out = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, check=True).stdout
     assert "torch built against" in out and "built with CUDA" in out and "library" in out
+    assert torch.__version__ in out
 
 
+@pytest.mark.slow
 def test_library_named_by_environment(tmp_path):
     bogus = tmp_path / "_C.abi3.so"
     bogus.write_text("not a library")

@@ -16,6 +16,8 @@ from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_grad")]
+# The bfloat16 cases repeat the float32 ones at the precision of most checkpoints.
+BFLOAT16 = pytest.param(torch.bfloat16, marks=pytest.mark.slow)
 
 N = 576
 PROMPTS = [
@@ -58,7 +60,7 @@ def vision_features(model, pixel_values):
 # -- budget 576 changes nothing -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, BFLOAT16])
 def test_full_budget_is_identical(models, processors, images, dtype):
     model, processor = models[dtype], processors["left"]
     inputs = encode(processor, images[:2], PROMPTS)
@@ -69,6 +71,7 @@ def test_full_budget_is_identical(models, processors, images, dtype):
         assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), generated)
 
 
+@pytest.mark.slow
 def test_full_budget_vision_source_matches(models, processors, images):
     model, processor = models[torch.float32], processors["left"]
     inputs = encode(processor, images[:2], PROMPTS)
@@ -80,7 +83,7 @@ def test_full_budget_vision_source_matches(models, processors, images):
 # -- the language model receives exactly the selected projected features ------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, BFLOAT16])
 @pytest.mark.parametrize("source", ["projector", "vision"])
 @pytest.mark.parametrize("method,strategy", [("exact", "leverage"), ("randomized", "leverage"), ("exact", "pivoted")])
 def test_language_model_receives_selected_features(models, processors, images, dtype, source, method, strategy):
@@ -132,9 +135,9 @@ def test_generate_encodes_each_image_once(models, processors, images):
 # -- padded batches, several images, adaptive mode ----------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("padding_side", ["left", "right"])
-@pytest.mark.parametrize("budget", [32, None])
+@pytest.mark.parametrize("dtype", [torch.float32, BFLOAT16])
+@pytest.mark.parametrize("padding_side", ["left", pytest.param("right", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("budget", [32, pytest.param(None, marks=pytest.mark.slow)])
 def test_padded_batch_matches_each_prompt_alone(models, processors, images, dtype, padding_side, budget):
     model, processor = models[dtype], processors[padding_side]
     batch = encode(processor, images[:2], PROMPTS)
@@ -178,7 +181,7 @@ def test_adaptive_keeps_select_adaptive_tokens(models, processors, images):
         assert torch.equal(placed, projected[row, mask[row]])
 
 
-@pytest.mark.parametrize("source,budget", [("projector", 32), ("vision", None)])
+@pytest.mark.parametrize("source,budget", [("projector", 32), pytest.param("vision", None, marks=pytest.mark.slow)])
 def test_training_mode_with_gradients(models, processors, images, source, budget):
     # A model in train() mode outside no_grad: the selection is the one made in eval mode, takes
     # no gradient, and the backward pass reaches the language model and the projector.
@@ -204,6 +207,7 @@ def test_training_mode_with_gradients(models, processors, images, source, budget
         model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_several_images_per_prompt(models, processors, images):
     model, processor = models[torch.float32], processors["left"]
     prompts = ["USER: <image>\n<image>\nCompare the two pictures. ASSISTANT:", PROMPTS[1]]
@@ -231,6 +235,7 @@ def test_several_images_per_prompt(models, processors, images):
 # -- the rest of the forward contract -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_forward_outputs_follow_the_callers_layout(models, processors, images):
     model, processor = models[torch.float32], processors["right"]
     inputs = encode(processor, images[:2], PROMPTS)
@@ -321,6 +326,7 @@ def test_placeholder_mismatch_is_reported(models, processors, images):
 # -- loading -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_load_round_trip(models, processors, images, tmp_path):
     model, processor = models[torch.float32], processors["left"]
     model.save_pretrained(tmp_path)

@@ -79,6 +79,7 @@ def test_images_of_different_sizes_have_different_tile_counts(model, processors,
     assert [f.shape[0] for f in features] == counts.tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_index", [1])
 def test_full_budget_is_identical(model, processors, images, image_index):
     processor = processors["left"]
@@ -146,7 +147,7 @@ def test_tile_scope_keeps_the_budget_in_the_base_view_and_in_every_tile(model, p
     assert seen.embeds[0].shape[1] == inputs.input_ids.shape[1] - features.shape[0] + int(mask.sum())
 
 
-@pytest.mark.parametrize("padding_side, budget", [("left", 24), ("right", None)])
+@pytest.mark.parametrize("padding_side, budget", [("left", 24), pytest.param("right", None, marks=pytest.mark.slow)])
 def test_padded_batch_of_different_sizes_matches_each_prompt_alone(model, processors, images, padding_side, budget):
     processor = processors[padding_side]
     batch = encode(processor, images[1:], PROMPTS)

@@ -50,7 +50,10 @@ def float64_features(name: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("features,budget", [("rank 5", 3), ("rank 5", 16), ("designed", 64), ("designed", 32), ("designed", 16)])
+@pytest.mark.parametrize(
+    "features,budget",
+    [("rank 5", 3), ("rank 5", 16), *(pytest.param("designed", budget, marks=pytest.mark.slow) for budget in (64, 32, 16))],
+)
 def test_float64_matches_the_reference(features, budget, device):
     # rank 5, budget 16: five pivots, then the rest of the budget by leverage. designed: three
     # strong directions plus noise; the trailing basis vectors are noise, yet in float64 each
@@ -79,6 +82,7 @@ def photo_features():
     return [images.lift(images.to_patches(photo), 1024).float() for photo in photos.values()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_photos_match_the_reference(photo_features, device):
     batch = torch.stack(photo_features)
@@ -90,6 +94,7 @@ def test_photos_match_the_reference(photo_features, device):
             assert len(set(got.tolist()) & set(want.tolist())) >= 0.9 * budget
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_randomized_pivoting_spans_as_well_as_the_reference(photo_features, device):
     # Greedy pivoting amplifies small differences in the basis into different (equally good)
@@ -109,6 +114,7 @@ def span_residual(x: torch.Tensor, indices: torch.Tensor) -> float:
     return float((x - projected).norm() / x.norm())
 
 
+@pytest.mark.slow
 def test_pivoted_tokens_span_the_image_better_than_top_leverage(photo_features):
     for budget in (64, 16):
         pivoted = [span_residual(x, torch.ops.svdprune.select(x, budget, 0.9, "exact", False, 0, "pivoted")[0]) for x in photo_features]

@@ -175,6 +175,7 @@ def check_indices(indices: torch.Tensor, n: int, budget: int):
     assert (indices[..., 1:] > indices[..., :-1]).all(), "indices must be unique and ascending"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_select_matches_reference(device):
     @examples(device, 40)
@@ -197,6 +198,7 @@ def test_select_matches_reference(device):
     check()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_select_adaptive_meets_its_definition(device):
     @examples(device, 20)
@@ -224,6 +226,7 @@ def test_select_adaptive_meets_its_definition(device):
     check()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_results_do_not_depend_on_batch_threads_or_layout(device):
     @examples(device, 10)

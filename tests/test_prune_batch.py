@@ -156,6 +156,7 @@ def test_select_placeholders_merges_kinds_in_sequence_order():
         select_placeholders(ids[:, :-1], [("image", image_token, [image])], 2, 0.9, "exact", "leverage")
 
 
+@pytest.mark.slow
 def test_svdprune_prune_is_exported_without_importing_transformers():
     code = "import sys, svdprune; svdprune.prune; print('transformers' in sys.modules, svdprune.prune.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
