@@ -1,7 +1,8 @@
-"""svdprune.prune on tiny randomly initialised Qwen2.5-VL and Qwen3-VL: images, videos, 3-D positions.
+"""svdprune.prune on tiny randomly initialised Qwen2-VL, Qwen2.5-VL and Qwen3-VL: images, videos,
+3-D positions.
 
-Images are resized to 4-64 merged tokens (14 px patches for Qwen2.5-VL, 16 px for Qwen3-VL, merged
-2x2); videos are 3 x 4 merged tokens per temporal patch of two frames. The reference: with their
+Images are resized to 4-64 merged tokens (14 px patches for Qwen2-VL and Qwen2.5-VL, 16 px for
+Qwen3-VL, merged 2x2); videos are 3 x 4 merged tokens per temporal patch of two frames. The reference: with their
 positions kept, dropping tokens gives at every kept position the logits of the unpruned model run
 on the whole sequence with the dropped tokens hidden from attention by a 4-D mask. Runs with
 transformers 5.x and 4.57.x (scripts/test_transformers4.sh runs it against 4.57).
@@ -23,7 +24,11 @@ from svdprune.testing.models import QWEN_IMAGE, QWEN_VIDEO, LanguageModelInputs,
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_grad")]
 
-CLASSES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}
+CLASSES = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
 PROMPTS = [
     f"USER: {QWEN_IMAGE}What is shown in this picture? Describe it in detail. ASSISTANT:",
     f"USER: {QWEN_IMAGE}What colour is it? ASSISTANT:",
@@ -177,7 +182,7 @@ def test_vision_source_scores_what_the_merger_reads(qwen, images):
         model(**inputs)
     width = model.config.text_config.hidden_size
     for visual in handle.last_visuals:
-        patches = visual.scored.reshape(-1, model.config.vision_config.hidden_size)
+        patches = visual.scored.reshape(-1, visual.scored.shape[-1] // 4)  # the 2x2 patches, one a row
         torch.testing.assert_close(model.model.visual.merger(patches), visual.features[:, :width], **TOLERANCE)
 
 

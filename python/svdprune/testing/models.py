@@ -382,7 +382,7 @@ QWEN_MERGE = 2  # 2x2 patches merge into one visual token
 # Qwen's image preprocessing in small: images are resized to multiples of patch * merge px with
 # between 4 and 64 merged tokens (real checkpoints allow up to 1,280 or more).
 QWEN_MIN_TOKENS, QWEN_MAX_TOKENS = 4, 64
-QWEN_PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16}
+QWEN_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -402,12 +402,12 @@ def _without_video_processor(processor_class):
 
 
 def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left"):
-    """A Qwen2.5-VL (``family="qwen2_5_vl"``, 14 px patches) or Qwen3-VL (``"qwen3_vl"``, 16 px)
-    processor with the tiny tokenizer: ``QWEN_IMAGE`` in a prompt becomes one placeholder per
+    """A Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``, 14 px patches) or Qwen3-VL
+    (``"qwen3_vl"``, 16 px) processor with the tiny tokenizer: ``QWEN_IMAGE`` in a prompt becomes one placeholder per
     merged 2x2 patch group of that image."""
     import transformers
 
-    processor_class = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
+    processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
     unit = QWEN_PATCH[family] * QWEN_MERGE
     tokenizer = build_tokenizer(padding_side)
     tokenizer.add_special_tokens(
@@ -439,9 +439,10 @@ def build_qwen_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ):
-    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` or ``Qwen3VLForConditionalGeneration``.
+    """A randomly initialised ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``
+    or ``Qwen3VLForConditionalGeneration``.
 
-    Qwen2.5-VL: window attention in 2x2-token windows with the last block global, as the real
+    Qwen2-VL: a tower of global attention only. Qwen2.5-VL: window attention in 2x2-token windows with the last block global, as the real
     tower alternates them. Qwen3-VL: learned position grid, deepstack features from every vision
     block into the first language-model layers.
     """
@@ -463,7 +464,13 @@ def build_qwen_model(
         temporal_patch_size=2,
         out_hidden_size=text_hidden,
     )
-    if family == "qwen2_5_vl":
+    if family == "qwen2_vl":  # the tower's width is embed_dim, its output hidden_size
+        text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
+        vision.update(embed_dim=vision_hidden, hidden_size=text_hidden, mlp_ratio=2)
+        for name in ("intermediate_size", "out_hidden_size"):
+            del vision[name]
+        names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration")
+    elif family == "qwen2_5_vl":
         text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
         vision.update(window_size=2 * QWEN_MERGE * QWEN_PATCH[family], fullatt_block_indexes=[vision_layers - 1],
                       tokens_per_second=2)
