@@ -401,10 +401,10 @@ def _without_video_processor(processor_class):
     return ImageTextProcessor
 
 
-def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left"):
+def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left", *, max_tokens: int = QWEN_MAX_TOKENS):
     """A Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``, 14 px patches) or Qwen3-VL
-    (``"qwen3_vl"``, 16 px) processor with the tiny tokenizer: ``QWEN_IMAGE`` in a prompt becomes one placeholder per
-    merged 2x2 patch group of that image."""
+    (``"qwen3_vl"``, 16 px) processor with the tiny tokenizer: ``QWEN_IMAGE`` in a prompt becomes
+    one placeholder per merged 2x2 patch group of that image (resized to at most ``max_tokens``)."""
     import transformers
 
     processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
@@ -416,7 +416,7 @@ def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left")
     image_processor = _image_processor(
         "Qwen2VLImageProcessor",
         min_pixels=QWEN_MIN_TOKENS * unit * unit,
-        max_pixels=QWEN_MAX_TOKENS * unit * unit,
+        max_pixels=max_tokens * unit * unit,
         patch_size=QWEN_PATCH[family],
         merge_size=QWEN_MERGE,
         temporal_patch_size=2,
@@ -442,8 +442,9 @@ def build_qwen_model(
     """A randomly initialised ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``
     or ``Qwen3VLForConditionalGeneration``.
 
-    Qwen2-VL: a tower of global attention only. Qwen2.5-VL: window attention in 2x2-token windows with the last block global, as the real
-    tower alternates them. Qwen3-VL: learned position grid, deepstack features from every vision
+    Qwen2-VL: a tower of global attention only. Qwen2.5-VL: window attention in windows of 4 x 4
+    merged tokens (112 px, as the real tower) with the last block global, as the real tower
+    alternates them. Qwen3-VL: learned position grid, deepstack features from every vision
     block into the first language-model layers.
     """
     import transformers
@@ -472,7 +473,7 @@ def build_qwen_model(
         names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration")
     elif family == "qwen2_5_vl":
         text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
-        vision.update(window_size=2 * QWEN_MERGE * QWEN_PATCH[family], fullatt_block_indexes=[vision_layers - 1],
+        vision.update(window_size=4 * QWEN_MERGE * QWEN_PATCH[family], fullatt_block_indexes=[vision_layers - 1],
                       tokens_per_second=2)
         names = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration")
     else:
