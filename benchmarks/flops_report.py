@@ -1,5 +1,6 @@
-"""The FLOPs report, benchmarks/FLOPS.md: the per-budget tables of LLaVA-1.5-7B and 13B from
-svdprune.flops, and which counting convention and prompt length give the paper's reduction.
+"""The FLOPs report, benchmarks/FLOPS.md: the per-budget tables of LLaVA-1.5-7B and 13B and of
+Qwen2.5-VL-7B from svdprune.flops, and which counting convention and prompt length give the
+paper's reduction.
 
     python benchmarks/flops_report.py [--markdown benchmarks/FLOPS.md]
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from svdprune import flops
 
 ROOT = Path(__file__).resolve().parent
+QWEN_BUDGETS = (1196, 512, 256, 128, 64)
 
 
 def claim_table(config: flops.LlavaConfig, target: float, budgets=(64, 32, 16)) -> str:
@@ -73,6 +75,17 @@ def report(budgets=flops.BUDGETS, text_tokens: int = 64, decode_tokens: int = 32
         flops.budget_table(seven, budgets, text_tokens, decode_tokens),
         "",
         flops.budget_table(flops.LLAVA_15["13b"], budgets, text_tokens, 0),
+        "",
+        "## Qwen2.5-VL-7B, a 1,280 x 720 image",
+        "",
+        "The processor resizes it to 1,288 x 728 px: 92 x 52 patches of 14 px, merged 2 x 2 into 1,196 visual "
+        "tokens. Vision = the 32-layer ViT on all 4,784 patches (SwiGLU MLP; attention within 112 px windows, "
+        "each token counted against 64 keys, in 28 layers and over the whole image in 4) + the merger "
+        "(Linear(5120, 5120), GELU, Linear(5120, 3584)) on the 1,196 merged tokens. Decoder: Qwen2.5-7B (28 "
+        "layers, width 3,584, SwiGLU 18,944, 4 of 28 heads for keys and values). Selection on the 1,196 x 3,584 "
+        "merger output.",
+        "",
+        flops.budget_table(flops.QWEN2_5_VL["7b"], QWEN_BUDGETS, text_tokens, 0),
         "",
         f"## Which setting gives the paper's {100 * target:.1f}%?",
         "",

@@ -104,3 +104,59 @@ def low_rank() -> torch.Tensor:
 def encode(processor, images, prompts) -> dict:
     """A padded batch of ``prompts`` with their ``images``, as a model integration receives it."""
     return processor(images=images, text=prompts, return_tensors="pt", padding=True)
+
+
+# -- the masking reference of positions="keep" ----------------------------------------------------
+
+
+def hiding_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, 1, L, L]`` additive attention mask: query i sees key j when j <= i and ``keep[b, j]``
+    (every token sees itself, so that no row is empty)."""
+    length = keep.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=keep.device).tril()
+    allowed = (causal & keep[:, None, :]) | torch.eye(length, dtype=torch.bool, device=keep.device)
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def model_position_ids(positions: torch.Tensor) -> torch.Tensor:
+    """``[B, L, P]`` positions laid out as the models take them: ``[B, L]`` or ``[P, B, L]``."""
+    return positions[..., 0] if positions.shape[-1] == 1 else positions.permute(2, 0, 1)
+
+
+def masked_logits(model, inputs, keep: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The unpruned model on the whole sequence, its tokens at their ``positions`` (``[B, L, P]``),
+    with the tokens outside ``keep`` hidden from attention: what pruning them must give at every
+    kept position."""
+    call = {name: value for name, value in inputs.items() if name not in ("attention_mask", "mm_token_type_ids")}
+    dtype = model.get_input_embeddings().weight.dtype
+    return model(**call, attention_mask=hiding_mask(keep, dtype), position_ids=model_position_ids(positions)).logits
+
+
+def masked_greedy(model, inputs, keep: torch.Tensor, positions: torch.Tensor, steps: int):
+    """Greedy decoding with :func:`masked_logits`, recomputed from scratch for every new token (no
+    cache): the tokens ``[B, steps]`` and each step's next-token logits ``[B, steps, V]``. New tokens are seen by all that follow and continue the positions one past
+    the largest of the row's real tokens, in every index, as transformers continues an unpadded
+    prompt (``rope_deltas``)."""
+    real = inputs["attention_mask"].bool()
+    next_position = positions.masked_fill(~real[..., None], -1).amax(dim=(1, 2)) + 1
+    call, new, logits = dict(inputs), [], []
+    for step in range(steps):
+        logits.append(masked_logits(model, call, keep, positions)[:, -1])
+        token = logits[-1].argmax(-1)
+        new.append(token)
+        call["input_ids"] = torch.cat([call["input_ids"], token[:, None]], dim=1)
+        keep = torch.cat([keep, torch.ones_like(keep[:, :1])], dim=1)
+        following = (next_position + step)[:, None, None].expand(-1, 1, positions.shape[-1])
+        positions = torch.cat([positions, following], dim=1)
+    return torch.stack(new, dim=1), torch.stack(logits, dim=1)
+
+
+def kept_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, kinds) -> torch.Tensor:
+    """``[B, L]`` bool, the caller's positions a pruned call keeps: real tokens, less the visual
+    placeholders whose flag is off. ``kinds``: per placeholder token id, its visuals' kept masks in
+    placeholder order (``handle.last_mask`` split by kind)."""
+    keep = attention_mask.bool().clone()
+    for token_id, masks in kinds:
+        slots = input_ids == token_id
+        keep[slots] = torch.cat(list(masks))
+    return keep

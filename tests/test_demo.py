@@ -51,6 +51,20 @@ def test_llava_next_demo_draws_the_base_view_and_every_tile(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_qwen_demo_draws_the_merged_tokens_at_the_photos_resolution(tmp_path, capsys):
+    out = tmp_path / "qwen.png"
+    args = ["demo", "--family", "qwen2.5-vl", "--image", "coffee", "--budgets", "16", "--repeats", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed
+    assert "600x400 px -> 588x392 px -> 294 visual tokens (14x21 merged tokens of 28 px)" in printed
+    table = [line.split() for line in printed.splitlines() if line.startswith(("exact ", "randomized "))]
+    assert [(row[0], int(row[1])) for row in table] == [("exact", 16), ("randomized", 16)]
+    image = read_png(out)
+    assert image.shape[1] > image.shape[0] / 2
+
+
+@pytest.mark.slow
 def test_demo_answers_with_a_local_checkpoint(tmp_path, capsys):
     from svdprune.testing import models as tiny_models
 

@@ -11,7 +11,7 @@ pytest.importorskip("skimage")
 
 import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
-from helpers import encode  # noqa: E402
+from helpers import encode, kept_layout, masked_greedy, masked_logits  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
@@ -282,6 +282,33 @@ def test_remove_restores_the_model(models, processors, images):
     assert torch.equal(model(**inputs).logits, before)
 
 
+# -- positions="keep": the masking reference ---------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_kept_positions_equal_the_masked_reference(models, processors, images, padding_side):
+    """With positions kept, dropping tokens is hiding them from attention in the whole sequence,
+    whose real tokens LLaVA numbers 0, 1, 2, ... (as its generate does)."""
+    model, processor, budget = models[torch.float32], processors[padding_side], 32
+    inputs = encode(processor, images[:2], PROMPTS)
+    positions = (inputs.attention_mask.cumsum(1) - 1).clamp(min=0)[..., None]
+    with llava.prune(model, processor, budget=budget, method="exact", positions="keep") as handle:
+        logits = model(**inputs).logits
+    keep = kept_layout(inputs.input_ids, inputs.attention_mask, [(model.config.image_token_id, handle.last_mask)])
+    reference = masked_logits(model, inputs, keep, positions)
+    torch.testing.assert_close(logits[keep], reference[keep], **TOLERANCE[torch.float32])
+    with llava.prune(model, processor, budget=budget, method="exact"):  # "compact" renumbers: not the same
+        assert not torch.allclose(model(**inputs).logits[keep], reference[keep], **TOLERANCE[torch.float32])
+    if padding_side == "left":
+        with llava.prune(model, processor, budget=budget, method="exact", positions="keep"):
+            output = model.generate(
+                **inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True
+            )
+        tokens, steps = masked_greedy(model, inputs, keep, positions, 3)
+        assert torch.equal(output.sequences[:, inputs.input_ids.shape[1] :], tokens)
+        torch.testing.assert_close(torch.stack(output.logits, dim=1), steps, **TOLERANCE[torch.float32])
+
+
 # -- arguments ---------------------------------------------------------------------------------
 
 
@@ -299,6 +326,7 @@ def test_remove_restores_the_model(models, processors, images):
         (dict(variance=1.5), ValueError, "variance"),
         (dict(strategy="qr"), ValueError, "strategy"),
         (dict(budget=None, strategy="pivoted"), ValueError, "needs an int budget"),
+        (dict(positions="3d"), ValueError, r"positions must be one of \('compact', 'keep'\)"),
     ],
 )
 def test_bad_arguments(models, kwargs, error, match):

@@ -244,5 +244,6 @@ def test_bad_input_is_reported(model, processors, images):
 
 def test_unsupported_models_are_named():
     with pytest.raises(TypeError, match="LlavaForConditionalGeneration, LlavaNextForConditionalGeneration, "
-                       "LlavaOnevisionForConditionalGeneration; got Linear"):
+                       "LlavaOnevisionForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, "
+                       "Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration; got Linear"):
         svdprune.prune(torch.nn.Linear(2, 2))

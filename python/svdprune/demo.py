@@ -8,7 +8,9 @@ top-K leverage choice, and draws the kept patches over the photo. With ``--model
 answers the question with and without pruning, side by side. ``--family llava-next`` runs the
 same on a random-weight LLaVA-NeXT-shaped model (336 px anyres: base view plus up to four tiles,
 about 2,000-2,900 visual tokens) with ``budget`` per image, and draws the kept patches on the base
-view and on each tile.
+view and on each tile. ``--family qwen2.5-vl`` builds a random-weight Qwen2.5-VL-shaped model (the
+photo at its own resolution in 28 px merged tokens, up to 1,280; 3-D rotary positions kept) and
+draws the kept tokens on the photo as the model sees it.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from .testing.measure import SELECTIONS, median_seconds
 __all__ = ["add_arguments", "run", "load_photo", "plot_kept_patches"]
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
-FAMILIES = ("llava-1.5", "llava-next")
+FAMILIES = ("llava-1.5", "llava-next", "qwen2.5-vl")
 DEFAULT_QUESTION = "What is shown in this picture?"
 # Widths of the random-weight model: small enough for a CPU, geometry as LLaVA-1.5.
 DEMO_MODEL = dict(vision_hidden=128, vision_layers=2, text_hidden=512, text_layers=4, text_heads=8)
+QWEN_MAX_TOKENS = 1280  # merged tokens per image, the limit Qwen2.5-VL's examples set (max_pixels = 1280 * 28 * 28)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,25 +83,28 @@ def _model_view(processor, pixel_values: torch.Tensor) -> np.ndarray:
     return (pixel_values.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def plot_kept_patches(photo: np.ndarray, masks: dict[tuple[str, int], torch.Tensor], title: str, out: str) -> None:
-    """One row per method, one column per budget: kept patches bright and outlined, the rest dimmed."""
+def plot_kept_patches(
+    photo: np.ndarray, masks: dict[tuple[str, int], torch.Tensor], title: str, out: str, shape: tuple[int, int] | None = None
+) -> None:
+    """One row per method, one column per budget: kept patches bright and outlined, the rest dimmed.
+    ``shape``: the patch grid's rows and columns (default: square)."""
     from matplotlib.figure import Figure
 
     methods = list(dict.fromkeys(method for method, _ in masks))
     budgets = list(dict.fromkeys(budget for _, budget in masks))
     grid = int(round(next(iter(masks.values())).numel() ** 0.5))
-    patch = photo.shape[0] // grid
+    rows, cols = shape or (grid, grid)
     columns = len(budgets) + 1
     figure = Figure(figsize=(3.1 * columns, 3.3 * len(methods) + 0.7), dpi=110)
     axes = figure.subplots(len(methods), columns, squeeze=False)
     axes[0, 0].imshow(photo)
-    axes[0, 0].set_title(f"input: {grid}x{grid} = {grid * grid} patches", fontsize=10)
+    axes[0, 0].set_title(f"input: {rows}x{cols} = {rows * cols} patches", fontsize=10)
     for axis in axes[1:, 0]:
         axis.set_axis_off()
         axis.text(0.5, 0.5, "outlined: kept tokens\ndimmed: pruned tokens", ha="center", va="center", fontsize=10)
     for row, method in enumerate(methods):
         for column, budget in enumerate(budgets, start=1):
-            kept = masks[(method, budget)].view(grid, grid).cpu().numpy()
+            kept = masks[(method, budget)].view(rows, cols).cpu().numpy()
             _draw_kept(axes[row, column], photo, kept, line_width=1.0)
             axes[row, column].set_title(f"{method}: {int(kept.sum())} kept", fontsize=10)
     _finish_figure(figure, axes, title, out)
@@ -208,6 +214,27 @@ def plot_kept_tiles(crops: list[np.ndarray], masks: dict[str, list[np.ndarray]],
     _finish_figure(figure, axes, title, out)
 
 
+def _measure_selections(model, processor, inputs, tokens: torch.Tensor, args, kept_of):
+    """Prefill time of the full model and, per budget and selection, the selection's time, its
+    rank, the pruned prefill time and how much of the exact selection it keeps. ``tokens``
+    ``[1, N, D]`` are what the selection scores; ``kept_of`` maps ``handle.last_mask[0]`` to the
+    set of kept tokens. Returns the full time, the table rows and the kept sets."""
+    full_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
+    rows, kept_tokens = [], {}
+    for budget in args.budgets:
+        for label, (method, strategy) in SELECTIONS.items():
+            select = functools.partial(svdprune_cuda.select, tokens, budget, args.variance, method=method, strategy=strategy)
+            select_seconds = median_seconds(select, args.repeats)
+            rank = int(select()[2][0])
+            with prune(model, processor, budget=budget, variance=args.variance, method=method,
+                       source=args.source, strategy=strategy) as handle:
+                pruned_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
+                kept_tokens[(label, budget)] = kept_of(handle.last_mask[0])
+            overlap = len(kept_tokens[(label, budget)] & kept_tokens[("exact", budget)]) / budget
+            rows.append((label, budget, rank, select_seconds, pruned_seconds, overlap))
+    return full_seconds, rows, kept_tokens
+
+
 def _random_next_demo(args) -> None:
     from .integrations import adapter_for
     from .testing import models as tiny_models
@@ -237,20 +264,9 @@ def _random_next_demo(args) -> None:
             f"select: {args.source} features, variance {args.variance}, budget per image (base view and tiles together); "
             f"{torch.get_num_threads()} CPU threads; times are medians of {args.repeats} runs\n"
         )
-        full_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
-        rows, kept_tokens = [], {}
-        for budget in args.budgets:
-            for label, (method, strategy) in SELECTIONS.items():
-                select = functools.partial(svdprune_cuda.select, tokens, budget, args.variance, method=method, strategy=strategy)
-                select_seconds = median_seconds(select, args.repeats)
-                rank = int(select()[2][0])
-                with prune(model, processor, budget=budget, variance=args.variance, method=method,
-                           source=args.source, strategy=strategy) as handle:
-                    pruned_seconds = median_seconds(functools.partial(model, **inputs), args.repeats)
-                    mask = handle.last_mask[0]
-                kept_tokens[(label, budget)] = set(visual.sources[mask & ~visual.newline].tolist())
-                overlap = len(kept_tokens[(label, budget)] & kept_tokens[("exact", budget)]) / budget
-                rows.append((label, budget, rank, select_seconds, pruned_seconds, overlap))
+        full_seconds, rows, kept_tokens = _measure_selections(
+            model, processor, inputs, tokens, args, lambda mask: set(visual.sources[mask & ~visual.newline].tolist())
+        )
     _print_table(rows, full_seconds, tokens.shape[1], args.variance)
     budget = args.budgets[0]
     masks = {}
@@ -261,6 +277,46 @@ def _random_next_demo(args) -> None:
     views = [_model_view(processor, crop) for crop in inputs.pixel_values[0, :crops]]
     title = f"{budget} tokens kept by SVD-Prune over the base view and tiles ({args.source} features; random-weight LLaVA-NeXT)"
     plot_kept_tiles(views, masks, title, args.out)
+    print(f"\nwrote {args.out}")
+
+
+def _random_qwen_demo(args) -> None:
+    from .integrations import adapter_for
+    from .testing import models as tiny_models
+
+    torch.manual_seed(0)
+    processor = tiny_models.build_qwen_processor("qwen2_5_vl", max_tokens=QWEN_MAX_TOKENS)
+    model = tiny_models.build_qwen_model(processor, "qwen2_5_vl", **DEMO_MODEL)
+    photo = load_photo(args.image)
+    inputs = processor(images=photo, text=f"USER: {tiny_models.QWEN_IMAGE}{DEFAULT_QUESTION} ASSISTANT:", return_tensors="pt")
+    _, height, width = (inputs.image_grid_thw[0] // tiny_models.QWEN_MERGE).tolist()
+    unit = tiny_models.QWEN_PATCH["qwen2_5_vl"] * tiny_models.QWEN_MERGE
+    print("svdprune demo: SVD-Prune on a Qwen2.5-VL-shaped model (native resolution, 3-D rotary positions kept).")
+    print(
+        "The model has RANDOM WEIGHTS (nothing is downloaded): the selection, its timings and the prefill\n"
+        "savings are real, but the model's outputs are meaningless.\n"
+    )
+    with torch.inference_mode():
+        tokens = adapter_for(model).visuals(dict(inputs), args.source, "image")[0][2][0].scored[None]
+        print(
+            f"photo:  {args.image}, {photo.shape[1]}x{photo.shape[0]} px -> {width * unit}x{height * unit} px -> "
+            f"{tokens.shape[1]} visual tokens ({height}x{width} merged tokens of {unit} px)\n"
+            f"select: {args.source} features, variance {args.variance}; {torch.get_num_threads()} CPU threads; "
+            f"times are medians of {args.repeats} runs\n"
+        )
+        full_seconds, rows, kept_tokens = _measure_selections(
+            model, processor, inputs, tokens, args, lambda mask: set(mask.nonzero().flatten().tolist())
+        )
+    _print_table(rows, full_seconds, tokens.shape[1], args.variance)
+    from PIL import Image
+
+    view = np.asarray(Image.fromarray(photo).resize((width * unit, height * unit), Image.BICUBIC)) / 255.0
+    masks = {}
+    for key, kept in kept_tokens.items():
+        masks[key] = torch.zeros(height * width, dtype=torch.bool)
+        masks[key][sorted(kept)] = True
+    title = f"Tokens kept by SVD-Prune ({args.source} features; random-weight Qwen2.5-VL-shaped model)"
+    plot_kept_patches(view, masks, title, args.out, shape=(height, width))
     print(f"\nwrote {args.out}")
 
 
@@ -314,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
     if any(budget < 1 for budget in args.budgets):
         raise SystemExit(f"svdprune demo: --budgets must be positive, got {args.budgets}")
     if args.model is None:
-        _random_next_demo(args) if args.family == "llava-next" else _random_model_demo(args)
+        demos = {"llava-1.5": _random_model_demo, "llava-next": _random_next_demo, "qwen2.5-vl": _random_qwen_demo}
+        demos[args.family](args)
     else:
         _checkpoint_demo(args)
     return 0

@@ -7,7 +7,8 @@ lower order and left out.
 
 Per decoder layer, for ``n`` new tokens attending to ``c`` context tokens (``c = n`` in prefill):
 
-- Q, K, V, O projections: ``4 * 2 n h^2`` (Vicuna has as many key/value heads as query heads);
+- Q, K, V, O projections: ``4 * 2 n h^2`` (Vicuna has as many key/value heads as query heads;
+  with ``kv`` key/value heads of ``heads``, K and V cost ``kv / heads`` of that each);
 - attention scores ``Q K^T`` and weighted values ``A V``: ``2 * 2 n c h``, the full ``n x c``
   rectangle as dense kernels compute it (``causal=True`` counts only the lower triangle);
 - MLP: ``mlp_matrices * 2 n h m`` with 3 matrices for Llama's SwiGLU (gate, up, down). The
@@ -18,6 +19,11 @@ The vision tower (CLIP ViT-L/14-336: 577 tokens, 24 layers run even though LLaVA
 penultimate one) and the 2-layer projector cost the same whatever K is when the selection
 reads the projector output (``source="projector"``); with ``source="vision"`` the selection
 reads the tower's features and the projector runs on the K kept tokens only.
+
+Qwen2.5-VL-7B (``QWEN2_5_VL``): the same decoder count with grouped key/value heads; its tower
+runs on the image's own patch grid (no CLS), with SwiGLU MLPs and attention within 112 px windows
+(8 x 8 patches) in all but 4 layers (each token counted against a full window), and a merger
+(LayerNorm, Linear(4 D, 4 D), GELU, Linear(4 D, H)) on every 2x2 patch group.
 
 Selection cost for one ``N x D`` image (``N`` tokens of ``D`` features):
 
@@ -44,6 +50,7 @@ __all__ = [
     "LlavaConfig",
     "LLAVA_15",
     "LLAVA_NEXT",
+    "QWEN2_5_VL",
     "BUDGETS",
     "decoder_prefill_flops",
     "decoder_decode_flops",
@@ -71,11 +78,13 @@ class DecoderConfig:
     heads: int
     vocab: int
     mlp_matrices: int = 3  # SwiGLU: gate, up, down
+    kv_heads: int | None = None  # grouped key/value heads; None: as many as query heads
 
 
 @dataclass(frozen=True)
 class VisionTowerConfig:
-    """A ViT encoder: patch embedding, ``layers`` blocks of attention + 2-matrix GELU MLP."""
+    """A ViT encoder: patch embedding, ``layers`` blocks of attention + MLP, and the visual tokens
+    it hands on (``merge x merge`` patches each)."""
 
     layers: int = 24
     hidden: int = 1024
@@ -85,23 +94,38 @@ class VisionTowerConfig:
     patch_size: int = 14
     channels: int = 3
     crops: int = 1  # images the tower encodes per input image (LLaVA-NeXT anyres: base view + 4 tiles)
+    grid: tuple[int, int] | None = None  # patch rows and columns of a native-resolution image (else square)
+    merge: int = 1  # patches per side merged into one visual token
+    cls: bool = True
+    temporal_patch: int = 1  # frames per patch (an image is repeated to fill them)
+    mlp_matrices: int = 2  # GELU MLP; 3 for SwiGLU
+    window: int | None = None  # tokens each token attends to in windowed layers
+    full_layers: int | None = None  # layers attending over the whole image (None: all)
+
+    @property
+    def grid_patches(self) -> int:
+        """Patches of one crop."""
+        rows, columns = self.grid or (self.image_size // self.patch_size,) * 2
+        return rows * columns
 
     @property
     def patches(self) -> int:
         """Visual tokens of one input image, over all its crops."""
-        return self.crops * (self.image_size // self.patch_size) ** 2
+        return self.crops * self.grid_patches // self.merge**2
 
     @property
     def tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 + 1  # one crop's sequence, + CLS
+        return self.grid_patches + int(self.cls)  # one crop's sequence
 
 
 @dataclass(frozen=True)
 class ProjectorConfig:
-    """LLaVA-1.5's ``mlp2x_gelu`` projector: Linear(vision, text) -> GELU -> Linear(text, text)."""
+    """LLaVA-1.5's ``mlp2x_gelu`` projector: Linear(vision, text) -> GELU -> Linear(text, text);
+    ``inner`` sets the middle width otherwise (Qwen's merger: Linear(4 D, 4 D) -> GELU -> Linear(4 D, text))."""
 
-    vision_hidden: int = 1024
+    vision_hidden: int = 1024  # what the projector reads per visual token
     text_hidden: int = 4096
+    inner: int | None = None  # None: text_hidden
 
 
 @dataclass(frozen=True)
@@ -142,6 +166,21 @@ LLAVA_NEXT = {
 }
 
 
+# From the public Qwen/Qwen2.5-VL-7B-Instruct config (Qwen2.5-7B decoder with 4 key/value heads; a
+# 32-layer ViT with 14 px patches, 112 px windows except in 4 layers, SwiGLU, 2x2 merger) for a
+# 1,280 x 720 image, which the processor resizes to 1,288 x 728 px: 92 x 52 patches, 46 x 26 =
+# 1,196 visual tokens.
+QWEN2_5_VL = {
+    "7b": LlavaConfig(
+        "Qwen2.5-VL-7B",
+        DecoderConfig(layers=28, hidden=3584, intermediate=18944, heads=28, vocab=152064, kv_heads=4),
+        VisionTowerConfig(layers=32, hidden=1280, intermediate=3420, heads=16, patch_size=14, grid=(52, 92), merge=2,
+                          cls=False, temporal_patch=2, mlp_matrices=3, window=64, full_layers=4),
+        ProjectorConfig(4 * 1280, 3584, inner=4 * 1280),
+    ),
+}
+
+
 def _attention_pairs(new_tokens: int, context: int, causal: bool) -> float:
     """How many (query, key) pairs the score and value products cover."""
     if not causal:
@@ -151,13 +190,18 @@ def _attention_pairs(new_tokens: int, context: int, causal: bool) -> float:
     return new_tokens * past + new_tokens * (new_tokens + 1) / 2
 
 
-def _layer_flops(hidden: int, intermediate: int, mlp_matrices: int, new_tokens: int, context: int, causal: bool):
+def _layer_flops(hidden: int, intermediate: int, mlp_matrices: int, new_tokens: int, context: int, causal: bool,
+                 kv_share: float = 1.0):
     n, h = new_tokens, hidden
     return {
-        "attention_projections": 4 * 2 * n * h * h,
+        "attention_projections": (2 + 2 * kv_share) * 2 * n * h * h,
         "attention_scores": 2 * 2 * _attention_pairs(n, context, causal) * h,
         "mlp": mlp_matrices * 2 * n * h * intermediate,
     }
+
+
+def _kv_share(config: DecoderConfig) -> float:
+    return 1.0 if config.kv_heads is None else config.kv_heads / config.heads
 
 
 def decoder_prefill_flops(config: DecoderConfig, tokens: int, *, causal: bool = False, lm_head_tokens: int = 1) -> dict:
@@ -166,7 +210,7 @@ def decoder_prefill_flops(config: DecoderConfig, tokens: int, *, causal: bool = 
     ``lm_head_tokens``: positions whose logits are computed (1 in generation, which only needs
     the last position; ``tokens`` for a plain forward).
     """
-    layer = _layer_flops(config.hidden, config.intermediate, config.mlp_matrices, tokens, tokens, causal)
+    layer = _layer_flops(config.hidden, config.intermediate, config.mlp_matrices, tokens, tokens, causal, _kv_share(config))
     parts = {name: config.layers * value for name, value in layer.items()}
     parts["lm_head"] = 2 * lm_head_tokens * config.hidden * config.vocab
     return parts
@@ -179,7 +223,8 @@ def decoder_decode_flops(config: DecoderConfig, prompt_tokens: int, steps: int) 
     """
     parts = {"attention_projections": 0.0, "attention_scores": 0.0, "mlp": 0.0, "lm_head": 0.0}
     for t in range(steps):
-        layer = _layer_flops(config.hidden, config.intermediate, config.mlp_matrices, 1, prompt_tokens + t + 1, False)
+        layer = _layer_flops(config.hidden, config.intermediate, config.mlp_matrices, 1, prompt_tokens + t + 1, False,
+                             _kv_share(config))
         for name, value in layer.items():
             parts[name] += config.layers * value
         parts["lm_head"] += 2 * config.hidden * config.vocab
@@ -187,13 +232,20 @@ def decoder_decode_flops(config: DecoderConfig, prompt_tokens: int, steps: int) 
 
 
 def vision_tower_flops(config: VisionTowerConfig) -> float:
-    patch_embedding = 2 * config.patches * (config.channels * config.patch_size**2) * config.hidden
-    layer = _layer_flops(config.hidden, config.intermediate, 2, config.tokens, config.tokens, False)
-    return patch_embedding + config.crops * config.layers * sum(layer.values())
+    inputs = config.channels * config.temporal_patch * config.patch_size**2
+    patch_embedding = 2 * config.crops * config.grid_patches * inputs * config.hidden
+
+    def layer(context: int) -> float:
+        return sum(_layer_flops(config.hidden, config.intermediate, config.mlp_matrices, config.tokens, context, False).values())
+
+    full = config.layers if config.full_layers is None else config.full_layers
+    windowed = (config.layers - full) * layer(config.window) if full < config.layers else 0.0
+    return patch_embedding + config.crops * (full * layer(config.tokens) + windowed)
 
 
 def projector_flops(config: ProjectorConfig, tokens: int) -> float:
-    return 2 * tokens * (config.vision_hidden * config.text_hidden + config.text_hidden * config.text_hidden)
+    inner = config.inner or config.text_hidden
+    return 2 * tokens * (config.vision_hidden * inner + inner * config.text_hidden)
 
 
 def _qr_flops(rows: int, cols: int) -> float:
@@ -251,7 +303,7 @@ def llava_flops(
     projected = patches if source == "projector" else visual_tokens
     vision = vision_tower_flops(config.vision) + projector_flops(config.projector, projected) if include_vision else 0.0
     pruned = selection is not None and visual_tokens < patches
-    features = config.projector.text_hidden if source == "projector" else config.vision.hidden
+    features = config.projector.text_hidden if source == "projector" else config.projector.vision_hidden
     select = selection_flops(patches, features, selection, sketch, power_iterations) if pruned else 0.0
     prefill = sum(decoder_prefill_flops(config.decoder, prompt, causal=causal, lm_head_tokens=lm_head_tokens).values())
     decode = sum(decoder_decode_flops(config.decoder, prompt, decode_tokens).values())

@@ -5,7 +5,8 @@
         output = model.generate(**inputs, max_new_tokens=32)
 
 The pieces, one module each: :mod:`.adapter` (what a family looks like) with one adapter per
-family (:mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`), :mod:`.selection` (which
+family (:mod:`.llava`, :mod:`.llava_next`, :mod:`.llava_onevision`, :mod:`.qwen2_5_vl` with
+Qwen2-VL, :mod:`.qwen3_vl`), :mod:`.selection` (which
 tokens each image, tile, frame or clip keeps), :mod:`.batch` (shortening the batch around them,
 with no model involved) and :mod:`.handle` (wrapping ``forward`` and ``generate``).
 """
@@ -19,11 +20,15 @@ from .handle import PruneHandle
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
 __all__ = ["prune", "PruneHandle", "ADAPTERS", "SOURCES", "adapter_for"]
 
 SOURCES = ("projector", "vision")
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
+)
 
 
 def adapter_for(model) -> Adapter:
@@ -49,6 +54,7 @@ def prune(
     strategy: str = "leverage",
     source: str = "projector",
     scope: str = "image",
+    positions: str | None = None,
 ) -> PruneHandle:
     """Make ``model`` see only the selected visual tokens of every image and video it is given.
 
@@ -72,6 +78,11 @@ def prune(
             as the model lays out the projected ones). Either way the language model receives the
             projected features of the kept tokens, in their original order.
         scope: ``"image"``, ``"tile"`` or ``"video"``, what one ``budget`` covers (above).
+        positions: ``"compact"``: the language model numbers the shortened sequence afresh, as if
+            the pruned tokens had never been there (the LLaVA families' default); ``"keep"``: every
+            kept token, text included, keeps its position in the full sequence, and new tokens
+            continue from there, as without pruning (Qwen's only choice: its 3-D rotary
+            positions place visual tokens on their grid). ``None``: the family's default.
 
     Returns:
         A :class:`PruneHandle`; ``handle.remove()`` or ``with prune(...):`` restores the model.
@@ -95,4 +106,8 @@ def prune(
         raise ValueError(f"strategy {strategy!r} needs an int budget; the adaptive mode (budget=None) ranks by leverage")
     if scope not in adapter.scopes:
         raise ValueError(f"scope must be one of {adapter.scopes} for {adapter.family}, got {scope!r}")
-    return PruneHandle(model, adapter, processor, budget, float(variance), method, source, strategy, scope)
+    positions = adapter.positions[0] if positions is None else positions
+    if positions not in adapter.positions:
+        why = " (its language model places visual tokens by their 3-D grid positions)" if positions == "compact" else ""
+        raise ValueError(f"positions must be one of {adapter.positions} for {adapter.family}{why}, got {positions!r}")
+    return PruneHandle(model, adapter, processor, budget, float(variance), method, source, strategy, scope, positions)

@@ -5,9 +5,12 @@ An :class:`Adapter` turns the visual arguments of one ``forward``/``generate`` c
 placeholder order, grouped by the placeholder token they fill. Everything else (selection, batch
 rewriting, wrapping ``forward`` and ``generate``) is shared by every family.
 
-The LLaVA families position tokens by their place in the (shortened) sequence: the language model
-derives position ids from the attention mask, so an adapter has nothing to say about positions.
-A family with its own position scheme (3-D rotary positions) adds that to its adapter.
+Positions. With ``positions="compact"`` (the LLaVA families' default) the language model numbers
+the shortened sequence itself, from its attention mask, as if the pruned tokens had never been
+there. With ``positions="keep"`` every kept token, text included, keeps the position it had in the
+full sequence: :meth:`Adapter.position_ids` computes those (one index per token for the LLaVA
+families; time, height and width for Qwen's 3-D rotary positions, with the model's own
+``get_rope_index``), and the handle gives the model the kept tokens' ones at every step.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Adapter:
     options: tuple[str, ...] = ()
     # Tokens per image when every image has the same number (budget is checked up front), else None.
     fixed_tokens: int | None = None
+    # The position schemes the family supports (see the module docstring); the first is the default.
+    positions: tuple[str, ...] = ("compact", "keep")
 
     def __init__(self, model):
         self.model = model
@@ -52,3 +57,23 @@ class Adapter:
         Reads and removes ``visual_inputs`` and ``options`` from ``call``.
         """
         raise NotImplementedError
+
+    def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, call: dict) -> torch.Tensor:
+        """``[B, L, P]``: each token's position in the full sequence, as the model places it (``P``
+        indices per token: 1 here, counting the real tokens of each row; 0 at padding).
+
+        Reads ``call`` before :meth:`visuals` removes anything from it.
+        """
+        real = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+        return (real.cumsum(1) - 1).clamp(min=0)[..., None]
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    def language_model_inputs(self, visual_mask: torch.Tensor, extra: torch.Tensor) -> dict:
+        """Keyword arguments for the language model's pass over the prompt that carry the kept
+        visual tokens' ``extra`` features (``[kept, X]``, the columns of :attr:`Visual.features`
+        beyond the embedding width, in placeholder order; ``visual_mask`` ``[B, L']`` marks where
+        those tokens sit in the shortened batch). Families without such features have none."""
+        return {}

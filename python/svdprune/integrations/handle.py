@@ -5,14 +5,25 @@ carries images or videos is rewritten before the model's own method runs: the fa
 describes the visuals, :func:`~svdprune.integrations.selection.select_placeholders` chooses the
 kept tokens, :func:`~svdprune.integrations.batch.rewrite_batch` shortens the batch, and the model
 receives ``inputs_embeds`` and the shortened attention mask instead of pixels. The language model
-therefore never encodes an image itself, and transformers builds positions and the KV cache from
-the shortened sequence in every supported version. Calls without images go straight through.
+therefore never encodes an image itself, and transformers builds the KV cache from the shortened
+sequence in every supported version. Calls without images go straight through.
+
+Positions: with ``positions="compact"`` transformers numbers the shortened sequence itself. With
+``"keep"`` the handle passes ``position_ids`` on every call it rewrites and on every step of a
+``generate`` that it started: the kept tokens' positions in the full sequence (the adapter's
+:meth:`~svdprune.integrations.adapter.Adapter.position_ids`), then, for each new token, one more
+than the row's largest position, as the unpruned model continues (transformers' ``rope_deltas``).
+Passing them at every step makes the continuation independent of how each transformers version
+tracks it. Visual features that a family feeds into later layers (Qwen3-VL's deepstack) reach the
+language model's pass over the prompt through a forward pre-hook, the kept tokens' only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+from dataclasses import dataclass
 
 import torch
 
@@ -20,9 +31,35 @@ from .adapter import Adapter
 from .batch import Rewritten, padding_side, rewrite_batch
 from .selection import select_placeholders
 
-__all__ = ["PruneHandle"]
+__all__ = ["PruneHandle", "Prompt"]
 
 _MISSING = object()  # marks "no instance attribute" among the saved forward/generate
+
+
+@dataclass
+class Prompt:
+    """A pruned prompt as the language model receives it, and where the sequence goes on from it."""
+
+    batch: Rewritten  # the shortened batch and its map to the caller's layout
+    positions: torch.Tensor | None  # [B, L', P] the kept tokens' positions in the full sequence; None: "compact"
+    next_position: torch.Tensor | None  # [B] the position of each row's first new token
+    visual_mask: torch.Tensor  # [B, L'] bool, where the kept visual tokens are in the shortened batch
+    extra: torch.Tensor  # [kept, X] their features beyond the embedding width (X = 0: none)
+
+    def position_ids(self, start: int, count: int, rows: int) -> torch.Tensor:
+        """The model's ``position_ids`` for ``count`` tokens from shortened position ``start`` on,
+        for ``rows`` rows (the batch, or generate's several sequences per prompt): ``[rows, count]``
+        with one index per token, ``[P, rows, count]`` with ``P``. Prompt tokens have their
+        full-sequence positions; each new token one more, in every index, than the one before."""
+        length = self.positions.shape[1]
+        index = torch.arange(start, start + count, device=self.positions.device)
+        ids = torch.where(
+            (index < length)[None, :, None],
+            self.positions[:, index.clamp(max=length - 1)],
+            (self.next_position[:, None] + index - length)[..., None],
+        )
+        ids = ids.repeat_interleave(rows // ids.shape[0], dim=0).movedim(-1, 0)
+        return ids[0] if ids.shape[0] == 1 else ids
 
 
 class PruneHandle:
@@ -34,7 +71,7 @@ class PruneHandle:
     over each visual's placeholders, newlines included. ``None`` before the first such call.
     """
 
-    def __init__(self, model, adapter: Adapter, processor, budget, variance, method, source, strategy, scope):
+    def __init__(self, model, adapter: Adapter, processor, budget, variance, method, source, strategy, scope, positions):
         self.model = model
         self.adapter = adapter
         self.processor = processor
@@ -44,9 +81,11 @@ class PruneHandle:
         self.source = source
         self.strategy = strategy
         self.scope = scope
+        self.positions = positions
         self.last_mask: torch.Tensor | list[torch.Tensor] | None = None
         self.last_visuals: list | None = None  # the adapter's description of the latest visuals
         self._saved: dict[str, object] = {}
+        self._generating: Prompt | None = None  # the prompt of a running generate that needs positions or extras
         self._install()
 
     def __repr__(self) -> str:
@@ -54,7 +93,8 @@ class PruneHandle:
         budget = "adaptive" if self.budget is None else self.budget
         return (
             f"PruneHandle({self.adapter.family}, budget={budget}, scope={self.scope!r}, variance={self.variance}, "
-            f"method={self.method!r}, strategy={self.strategy!r}, source={self.source!r}, {state})"
+            f"method={self.method!r}, strategy={self.strategy!r}, source={self.source!r}, "
+            f"positions={self.positions!r}, {state})"
         )
 
     @property
@@ -107,7 +147,7 @@ class PruneHandle:
         ]
         return next((c for c in candidates if isinstance(c, int)), 0)
 
-    def _rewrite(self, input_ids, call: dict) -> Rewritten:
+    def _rewrite(self, input_ids, call: dict) -> Prompt:
         """Select the kept tokens of the call's visuals and shorten the batch around them."""
         _check_call(input_ids, call)
         call.pop("inputs_embeds", None)
@@ -121,6 +161,9 @@ class PruneHandle:
         input_ids = input_ids.to(embedding.weight.device)
         attention_mask = None if attention_mask is None else attention_mask.to(input_ids.device)
 
+        positions = None
+        if self.positions == "keep":  # before visuals() removes the arguments they are computed from
+            positions = self.adapter.position_ids(input_ids, attention_mask, call)
         kinds = self.adapter.visuals(call, self.source, self.scope)
         placeholders, kept, features, masks = select_placeholders(
             input_ids, kinds, self.budget, self.variance, self.method, self.strategy
@@ -131,9 +174,41 @@ class PruneHandle:
 
         tokenizer = getattr(self.processor, "tokenizer", None)
         side = padding_side(attention_mask, getattr(tokenizer, "padding_side", None) or "left")
-        return rewrite_batch(
-            input_ids, attention_mask, placeholders, kept, features, embedding, side=side, pad_token_id=self._pad_token_id()
+        width = embedding.embedding_dim
+        batch = rewrite_batch(
+            input_ids, attention_mask, placeholders, kept, features[:, :width], embedding, side=side,
+            pad_token_id=self._pad_token_id(),
         )
+        next_position = None
+        if positions is not None:
+            real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+            next_position = positions.masked_fill(~real[..., None], -1).amax(dim=(1, 2)) + 1
+            positions = batch.move(positions, 0)
+        return Prompt(batch, positions, next_position, batch.move(placeholders, False), features[:, width:])
+
+    @contextlib.contextmanager
+    def _extras_for(self, prompt: Prompt | None):
+        """While active, the language model's calls receive ``prompt``'s extra visual features."""
+        if prompt is None or prompt.extra.shape[1] == 0:
+            yield
+            return
+
+        def add(module, args, kwargs):
+            rows = kwargs["inputs_embeds"].shape[0]
+            mask, extra = prompt.visual_mask, prompt.extra
+            if rows != mask.shape[0]:  # generate runs several sequences per prompt
+                copies = rows // mask.shape[0]
+                extra = torch.cat([part.repeat(copies, 1) for part in extra.split(mask.sum(1).tolist())])
+                mask = mask.repeat_interleave(copies, dim=0)
+            kwargs.update(self.adapter.language_model_inputs(mask, extra))
+            return args, kwargs
+
+        # First among the pre-hooks, so that others see the language model's complete inputs.
+        hook = self.adapter.language_model.register_forward_pre_hook(add, with_kwargs=True, prepend=True)
+        try:
+            yield
+        finally:
+            hook.remove()
 
     def _forward(self, forward, *args, **kwargs):
         signature = inspect.signature(forward)
@@ -142,24 +217,31 @@ class PruneHandle:
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:
                 call.update(call.pop(parameter.name, {}))
         if not self.adapter.has_visual_input(call):
+            if self._generating is not None:
+                return self._generation_step(forward, call, self._generating)
             return forward(*args, **kwargs)
         input_ids = call.pop("input_ids", None)
-        pruned = self._rewrite(input_ids, call)
+        prompt = self._rewrite(input_ids, call)
+        pruned = prompt.batch
         if call.get("labels") is not None:
             call["labels"] = pruned.move(call["labels"], -100)
         if call.get("cache_position") is not None:  # transformers 4.x
             start = call["cache_position"][0]
             call["cache_position"] = torch.arange(pruned.input_ids.shape[1], device=start.device) + start
+        if prompt.positions is not None:
+            rows, length = pruned.input_ids.shape
+            call["position_ids"] = prompt.position_ids(0, length, rows)
         logits_to_keep = call.pop("logits_to_keep", 0)
         wants_tuple = call.pop("return_dict", None) is False
 
-        output = forward(
-            inputs_embeds=pruned.inputs_embeds,
-            attention_mask=pruned.attention_mask,
-            logits_to_keep=0,
-            return_dict=True,
-            **call,
-        )
+        with self._extras_for(prompt):
+            output = forward(
+                inputs_embeds=pruned.inputs_embeds,
+                attention_mask=pruned.attention_mask,
+                logits_to_keep=0,
+                return_dict=True,
+                **call,
+            )
         # Lay the logits out like the caller's input_ids, then apply logits_to_keep there.
         logits = pruned.restore(output.logits)
         if isinstance(logits_to_keep, int):
@@ -168,25 +250,43 @@ class PruneHandle:
             output.logits = logits[:, logits_to_keep]
         return output.to_tuple() if wants_tuple else output
 
+    def _generation_step(self, forward, call: dict, prompt: Prompt):
+        """One step of a pruned ``generate`` (the prompt's pass, then one per new token): the
+        positions that step's tokens continue from, and the extra features on the prompt's pass."""
+        tokens = call.get("inputs_embeds")
+        tokens = call["input_ids"] if tokens is None else tokens
+        cache = call.get("cache", call.get("past_key_values"))  # transformers 5.x, 4.x
+        start = 0 if cache is None else int(cache.get_seq_length())
+        if prompt.positions is not None:
+            call["position_ids"] = prompt.position_ids(start, tokens.shape[1], tokens.shape[0])
+        with self._extras_for(prompt if start == 0 else None):
+            return forward(**call)
+
     def _generate(self, generate, inputs=None, *args, **kwargs):
         if not self.adapter.has_visual_input(kwargs):
             return generate(inputs, *args, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
-        pruned = self._rewrite(input_ids, kwargs)
+        prompt = self._rewrite(input_ids, kwargs)
+        pruned = prompt.batch
         # max_length / min_length count the prompt; keep the number of new tokens unchanged.
         removed = input_ids.shape[1] - pruned.input_ids.shape[1]
         for key in ("max_length", "min_length"):
             if kwargs.get(key) is not None:
                 kwargs[key] -= removed
 
-        output = generate(
-            None,
-            *args,
-            input_ids=pruned.input_ids,
-            inputs_embeds=pruned.inputs_embeds,
-            attention_mask=pruned.attention_mask,
-            **kwargs,
-        )
+        if prompt.positions is not None or prompt.extra.shape[1] > 0:
+            self._generating = prompt
+        try:
+            output = generate(
+                None,
+                *args,
+                input_ids=pruned.input_ids,
+                inputs_embeds=pruned.inputs_embeds,
+                attention_mask=pruned.attention_mask,
+                **kwargs,
+            )
+        finally:
+            self._generating = None
         # generate returns the prompt it was given followed by the new tokens: put the caller's
         # prompt back so that slicing at input_ids.shape[1] finds the answer, as without pruning.
         if isinstance(output, torch.Tensor):
@@ -202,5 +302,5 @@ def _check_call(input_ids, arguments: dict) -> None:
     if arguments.get("position_ids") is not None:
         raise ValueError(
             "svdprune: position_ids cannot be given together with pixel_values while pruning: "
-            "they are derived from the pruned attention mask"
+            "svdprune derives them for the shortened sequence (see prune's positions argument)"
         )

@@ -27,7 +27,9 @@ class Visual:
     token with the same ``rows`` value survives (ids are ``-1`` for tokens outside any row).
     """
 
-    features: torch.Tensor  # [L, H] what the L placeholders receive (projected, newlines included)
+    # [L, H] what the L placeholders receive (projected, newlines included); a family that also
+    # feeds visual features into later layers appends them as further columns (Qwen3-VL's deepstack).
+    features: torch.Tensor
     scored: torch.Tensor  # [L, D] what the selection scores (rows at newlines are not read)
     groups: list[torch.Tensor]  # long index tensors into [0, L): tokens that share one budget
     newline: torch.Tensor  # [L] bool, row-end tokens the selection does not score

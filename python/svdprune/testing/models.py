@@ -15,6 +15,12 @@ view plus tiles chosen from ``image_grid_pinpoints``, unpadding, a newline after
 to four tiles, so an image is at most 5 x 64 tokens plus newlines and the tests run in seconds.
 ``video_inputs`` builds OneVision video inputs from still frames (the video processor needs
 torchvision, which these models do not).
+
+Qwen2.5-VL and Qwen3-VL (``build_qwen_processor``, ``build_qwen_model``, ``family="qwen2_5_vl"`` or
+``"qwen3_vl"``) keep their real structure too: native-resolution images resized to multiples of the
+merged patch (14 px patches merged 2x2 for Qwen2.5-VL, with window attention; 16 px for Qwen3-VL,
+with deepstack), 3-D rotary positions, but at most 64 merged tokens per image.
+``qwen_video_inputs`` builds their video inputs from still frames.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ __all__ = [
     "build_onevision_processor",
     "build_onevision_model",
     "video_inputs",
+    "build_qwen_processor",
+    "build_qwen_model",
+    "qwen_video_inputs",
+    "QWEN_IMAGE",
+    "QWEN_VIDEO",
     "LanguageModelInputs",
     "last_real_logits",
     "IMAGE_SIZE",
@@ -151,10 +162,9 @@ def build_model(
     return _finish(LlavaForConditionalGeneration, config, tokenizer, seed, dtype)
 
 
-def _text_config(tokenizer, hidden: int, layers: int, heads: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
+def _text_settings(tokenizer, hidden: int, layers: int, heads: int) -> dict:
+    """The small language model's sizes and the tokenizer's vocabulary and special tokens."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -166,6 +176,12 @@ def _text_config(tokenizer, hidden: int, layers: int, heads: int):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def _text_config(tokenizer, hidden: int, layers: int, heads: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_text_settings(tokenizer, hidden, layers, heads))
 
 
 def _finish(model_class, config, tokenizer, seed: int, dtype: torch.dtype):
@@ -268,17 +284,9 @@ def build_onevision_processor(padding_side: str = "left"):
     """A ``LlavaOnevisionProcessor`` for 112 px anyres crops (SigLIP, no CLS: 64 tokens per crop)."""
     from transformers import LlavaOnevisionProcessor
 
-    class ImageTextProcessor(LlavaOnevisionProcessor):
-        """OneVision's processor without its video processor, which needs torchvision."""
-
-        attributes = ["image_processor", "tokenizer"]  # transformers 4.57 reads this list
-
-        def __init__(self, image_processor=None, tokenizer=None, **kwargs):  # 5.x reads this signature
-            super().__init__(image_processor, tokenizer, None, **kwargs)
-
     tokenizer = build_tokenizer(padding_side)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, VIDEO_TOKEN]})
-    return ImageTextProcessor(
+    return _without_video_processor(LlavaOnevisionProcessor)(
         image_processor=_anyres_image_processor("LlavaOnevisionImageProcessor", SIGLIP_MEAN, SIGLIP_STD),
         tokenizer=tokenizer,
         num_image_tokens=(TILE_SIZE // PATCH_SIZE) ** 2,
@@ -340,13 +348,15 @@ def video_inputs(processor, clips, prompts):
 
 
 class LanguageModelInputs:
-    """Records the ``inputs_embeds`` of every call of ``model``'s language model (a context manager)."""
+    """Records the keyword arguments (``calls``) and the ``inputs_embeds`` (``embeds``) of every call
+    of ``model``'s language model (a context manager)."""
 
     def __init__(self, model):
-        self.embeds = []
+        self.calls, self.embeds = [], []
         self.handle = model.model.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
 
     def hook(self, module, args, kwargs):
+        self.calls.append(dict(kwargs))
         self.embeds.append(kwargs["inputs_embeds"])
 
     def __enter__(self):
@@ -360,3 +370,179 @@ def last_real_logits(logits: torch.Tensor, attention_mask: torch.Tensor) -> torc
     """Next-token logits of each row: at its last attended position, whatever the padding side."""
     last = attention_mask.shape[1] - 1 - attention_mask.flip(1).long().argmax(1)
     return logits[torch.arange(logits.shape[0]), last]
+
+
+# -- Qwen2.5-VL and Qwen3-VL ------------------------------------------------------------------------
+
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN = "<|image_pad|>", "<|video_pad|>"
+QWEN_IMAGE = VISION_START + QWEN_IMAGE_TOKEN + VISION_END  # what a prompt writes for one image
+QWEN_VIDEO = VISION_START + QWEN_VIDEO_TOKEN + VISION_END
+QWEN_MERGE = 2  # 2x2 patches merge into one visual token
+# Qwen's image preprocessing in small: images are resized to multiples of patch * merge px with
+# between 4 and 64 merged tokens (real checkpoints allow up to 1,280 or more).
+QWEN_MIN_TOKENS, QWEN_MAX_TOKENS = 4, 64
+QWEN_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
+QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _without_video_processor(processor_class):
+    """``processor_class`` without its video processor, which needs torchvision (not installed)."""
+
+    class ImageTextProcessor(processor_class):
+        # transformers 4.57 reads these: the parts, and the tokenizer class it accepts (any).
+        attributes = ["image_processor", "tokenizer"]
+        tokenizer_class = "PreTrainedTokenizerFast"
+
+        def __init__(self, image_processor=None, tokenizer=None, **kwargs):  # 5.x reads this signature
+            super().__init__(image_processor, tokenizer, None, **kwargs)
+
+    return ImageTextProcessor
+
+
+def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left", *, max_tokens: int = QWEN_MAX_TOKENS):
+    """A Qwen2-VL (``family="qwen2_vl"``), Qwen2.5-VL (``"qwen2_5_vl"``, 14 px patches) or Qwen3-VL
+    (``"qwen3_vl"``, 16 px) processor with the tiny tokenizer: ``QWEN_IMAGE`` in a prompt becomes
+    one placeholder per merged 2x2 patch group of that image (resized to at most ``max_tokens``)."""
+    import transformers
+
+    processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
+    unit = QWEN_PATCH[family] * QWEN_MERGE
+    tokenizer = build_tokenizer(padding_side)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [VISION_START, VISION_END, QWEN_IMAGE_TOKEN, QWEN_VIDEO_TOKEN]}
+    )
+    image_processor = _image_processor(
+        "Qwen2VLImageProcessor",
+        min_pixels=QWEN_MIN_TOKENS * unit * unit,
+        max_pixels=max_tokens * unit * unit,
+        patch_size=QWEN_PATCH[family],
+        merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+        image_mean=QWEN_MEAN,
+        image_std=QWEN_STD,
+    )
+    processor = _without_video_processor(getattr(transformers, processor_class))
+    return processor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_qwen_model(
+    processor,
+    family: str = "qwen2_5_vl",
+    *,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
+    """A randomly initialised ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``
+    or ``Qwen3VLForConditionalGeneration``.
+
+    Qwen2-VL: a tower of global attention only. Qwen2.5-VL: window attention in windows of 4 x 4
+    merged tokens (112 px, as the real tower) with the last block global, as the real tower
+    alternates them. Qwen3-VL: learned position grid, deepstack features from every vision
+    block into the first language-model layers.
+    """
+    import transformers
+
+    tokenizer = processor.tokenizer
+    head_dim = text_hidden // text_heads
+    quarter = head_dim // 8
+    mrope_section = [head_dim // 2 - 2 * quarter, quarter, quarter]  # time, height, width frequencies
+    text = _text_settings(tokenizer, text_hidden, text_layers, text_heads)
+    text["num_key_value_heads"] = text_heads // 2  # grouped-query attention, as Qwen's
+    vision = dict(
+        depth=vision_layers,
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_heads=max(1, vision_hidden // 16),
+        patch_size=QWEN_PATCH[family],
+        spatial_merge_size=QWEN_MERGE,
+        temporal_patch_size=2,
+        out_hidden_size=text_hidden,
+    )
+    if family == "qwen2_vl":  # the tower's width is embed_dim, its output hidden_size
+        text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
+        vision.update(embed_dim=vision_hidden, hidden_size=text_hidden, mlp_ratio=2)
+        for name in ("intermediate_size", "out_hidden_size"):
+            del vision[name]
+        names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration")
+    elif family == "qwen2_5_vl":
+        text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
+        vision.update(window_size=4 * QWEN_MERGE * QWEN_PATCH[family], fullatt_block_indexes=[vision_layers - 1],
+                      tokens_per_second=2)
+        names = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration")
+    else:
+        text.update(head_dim=head_dim, rope_scaling={"rope_type": "default", "mrope_section": mrope_section,
+                                                     "mrope_interleaved": True})
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=list(range(vision_layers)))
+        names = ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration")
+    config_class, model_class = (getattr(transformers, name) for name in names)
+    config = config_class(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids(QWEN_IMAGE_TOKEN),
+        video_token_id=tokenizer.convert_tokens_to_ids(QWEN_VIDEO_TOKEN),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids(VISION_START),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids(VISION_END),
+    )
+    return _finish(model_class, config, tokenizer, seed, dtype)
+
+
+def qwen_video_inputs(processor, family: str, clips, prompts, *, images=None, frame_size: tuple[int, int] | None = None):
+    """Qwen inputs for ``clips`` (each a list of an even number of RGB uint8 frames) and one
+    ``QWEN_VIDEO`` per prompt, as the video processor (which needs torchvision) would make them;
+    with ``images`` for the prompts' ``QWEN_IMAGE``s too.
+
+    Frames are resized to ``frame_size`` (height, width; default 3 x 4 merged tokens), normalised
+    and cut into the model's patches, two frames per temporal patch. Qwen2.5-VL: each video becomes
+    ``frames / 2 * tokens per frame`` placeholders in one run, one second per temporal patch
+    (``second_per_grid_ts``). Qwen3-VL: each temporal patch gets its own run after a timestamp.
+    """
+    import numpy as np
+    from PIL import Image
+
+    image_processor = processor.image_processor
+    patch, merge, temporal = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
+    unit = patch * merge
+    height, width = frame_size or (3 * unit, 4 * unit)
+    mean, std = np.asarray(QWEN_MEAN)[:, None, None], np.asarray(QWEN_STD)[:, None, None]
+
+    def patches(clip):
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC), dtype=np.float64)
+                           for f in clip]).transpose(0, 3, 1, 2)
+        frames = (frames / 255.0 - mean) / std
+        t, h, w = len(clip) // temporal, height // patch, width // patch
+        # The image processor's order: merged 2x2 groups row by row, each patch channels-first.
+        grouped = frames.reshape(t, temporal, 3, h // merge, merge, patch, w // merge, merge, patch)
+        flat = grouped.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(t * h * w, -1)
+        return torch.from_numpy(flat).float(), [t, h, w]
+
+    pixel_values, grids = zip(*(patches(clip) for clip in clips))
+    texts = []
+    for (t, h, w), prompt in zip(grids, prompts):
+        per_frame = QWEN_VIDEO_TOKEN * (h * w // merge**2)
+        if family == "qwen3_vl":
+            runs = "".join(f"<{i * temporal / 2:.1f} seconds>{VISION_START}{per_frame}{VISION_END}" for i in range(t))
+        else:
+            runs = VISION_START + per_frame * t + VISION_END
+        texts.append(prompt.replace(QWEN_VIDEO, runs))
+    pictures = image_processor(images=images, return_tensors="pt") if images else {}
+    if images:  # each image's placeholder, once per merged token, in prompt order
+        counts = iter((pictures["image_grid_thw"].prod(-1) // merge**2).tolist())
+        texts = ["".join(part + QWEN_IMAGE_TOKEN * next(counts) for part in text.split(QWEN_IMAGE_TOKEN)[:-1])
+                 + text.split(QWEN_IMAGE_TOKEN)[-1] for text in texts]
+    inputs = processor.tokenizer(texts, return_tensors="pt", padding=True)
+    inputs.update(pictures)
+    inputs["pixel_values_videos"] = torch.cat(pixel_values)
+    inputs["video_grid_thw"] = torch.tensor(grids)
+    if family == "qwen2_5_vl":
+        inputs["second_per_grid_ts"] = torch.ones(len(clips))
+    if getattr(processor, "return_mm_token_type_ids", False) is True:  # transformers 5.x models want them
+        ids, token = inputs["input_ids"], processor.tokenizer.convert_tokens_to_ids
+        inputs["mm_token_type_ids"] = (ids == token(QWEN_IMAGE_TOKEN)).int() + 2 * (ids == token(QWEN_VIDEO_TOKEN)).int()
+    return inputs
