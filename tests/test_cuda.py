@@ -135,16 +135,6 @@ def test_cpu_and_cuda_agree(method):
     assert torch.equal(count, cpu_count) and torch.equal(mask, cpu_mask)
 
 
-def test_wrappers_forward_to_the_ops():
-    x = cuda(designed(128, 64, SPECTRUM, batch=2).float())
-    for got, want in zip(svdprune_cuda.select(x, 10, 0.8, "exact", True), torch.ops.svdprune.select(x, 10, 0.8, "exact", True)):
-        assert torch.equal(got, want)
-    for got, want in zip(svdprune_cuda.leverage(x), torch.ops.svdprune.leverage(x)):
-        assert torch.equal(got, want)
-    for got, want in zip(svdprune_cuda.select_adaptive(x, max_tokens=50), torch.ops.svdprune.select_adaptive(x, 0.9, 1, 50)):
-        assert torch.equal(got, want)
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_input(method, bad):

@@ -251,8 +251,9 @@ def test_auto_method_matches_reference():
     assert torch.equal(indices, reference.select(x, 32)[0]) and rank.item() == 3
 
 
-def test_wrappers_forward_to_the_ops():
-    x = designed(128, 64, SPECTRUM, batch=2).float()
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_wrappers_forward_to_the_ops(device):
+    x = designed(128, 64, SPECTRUM, batch=2).float().to(device)
     for got, want in zip(svdprune_cuda.select(x, 10, 0.8, "exact", True), torch.ops.svdprune.select(x, 10, 0.8, "exact", True)):
         assert torch.equal(got, want)
     for got, want in zip(svdprune_cuda.leverage(x), torch.ops.svdprune.leverage(x)):

@@ -29,6 +29,7 @@ import svdprune_cuda
 from . import llava
 from .integrations import prune
 from .testing.measure import SELECTIONS, median_seconds
+from .testing.models import Sizes
 
 __all__ = ["add_arguments", "run", "load_photo", "plot_kept_patches"]
 
@@ -36,7 +37,7 @@ SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 FAMILIES = ("llava-1.5", "llava-next", "qwen2.5-vl")
 DEFAULT_QUESTION = "What is shown in this picture?"
 # Widths of the random-weight model: small enough for a CPU, geometry as LLaVA-1.5.
-DEMO_MODEL = dict(vision_hidden=128, vision_layers=2, text_hidden=512, text_layers=4, text_heads=8)
+DEMO_SIZES = Sizes(vision_hidden=128, vision_layers=2, text_hidden=512, text_layers=4, text_heads=8)
 QWEN_MAX_TOKENS = 1280  # merged tokens per image, the limit Qwen2.5-VL's examples set (max_pixels = 1280 * 28 * 28)
 
 
@@ -154,12 +155,12 @@ def _random_model_demo(args) -> None:
 
     torch.manual_seed(0)
     processor = tiny_models.build_processor()
-    model = tiny_models.build_model(processor, **DEMO_MODEL)
+    model = tiny_models.build_model(processor, DEMO_SIZES)
     photo = load_photo(args.image)
     prompt = f"USER: <image>\n{DEFAULT_QUESTION} ASSISTANT:"
     inputs = processor(images=photo, text=prompt, return_tensors="pt")
     n = int((inputs.input_ids == model.config.image_token_id).sum())
-    sizes = DEMO_MODEL
+    sizes = DEMO_SIZES
     print("svdprune demo: SVD-Prune visual-token selection on a real photograph.")
     print(
         "The model is LLaVA-1.5-shaped with RANDOM WEIGHTS (nothing is downloaded): the selection, its timings\n"
@@ -169,8 +170,8 @@ def _random_model_demo(args) -> None:
     print(
         f"photo:  {args.image}, {photo.shape[1]}x{photo.shape[0]} px -> {tiny_models.IMAGE_SIZE}x{tiny_models.IMAGE_SIZE} crop -> "
         f"{n} visual tokens ({grid}x{grid} patches of {tiny_models.PATCH_SIZE} px)\n"
-        f"model:  CLIP width {sizes['vision_hidden']}, {sizes['vision_layers']} layers -> 2-layer projector -> "
-        f"Llama width {sizes['text_hidden']}, {sizes['text_layers']} layers (random weights)\n"
+        f"model:  CLIP width {sizes.vision_hidden}, {sizes.vision_layers} layers -> 2-layer projector -> "
+        f"Llama width {sizes.text_hidden}, {sizes.text_layers} layers (random weights)\n"
         f"select: {args.source} features, variance {args.variance}; {torch.get_num_threads()} CPU threads; "
         f"times are medians of {args.repeats} runs\n"
     )
@@ -243,7 +244,7 @@ def _random_next_demo(args) -> None:
     if args.tile_size < tiny_models.PATCH_SIZE or args.tile_size % tiny_models.PATCH_SIZE:
         raise SystemExit(f"svdprune demo: --tile-size must be a positive multiple of {tiny_models.PATCH_SIZE}, got {args.tile_size}")
     processor = tiny_models.build_next_processor(tile_size=args.tile_size)
-    model = tiny_models.build_next_model(processor, **DEMO_MODEL)
+    model = tiny_models.build_next_model(processor, DEMO_SIZES)
     photo = load_photo(args.image)
     prompt = f"USER: <image>\n{DEFAULT_QUESTION} ASSISTANT:"
     inputs = processor(images=photo, text=prompt, return_tensors="pt")
@@ -286,7 +287,7 @@ def _random_qwen_demo(args) -> None:
 
     torch.manual_seed(0)
     processor = tiny_models.build_qwen_processor("qwen2_5_vl", max_tokens=QWEN_MAX_TOKENS)
-    model = tiny_models.build_qwen_model(processor, "qwen2_5_vl", **DEMO_MODEL)
+    model = tiny_models.build_qwen_model(processor, "qwen2_5_vl", DEMO_SIZES)
     photo = load_photo(args.image)
     inputs = processor(images=photo, text=f"USER: {tiny_models.QWEN_IMAGE}{DEFAULT_QUESTION} ASSISTANT:", return_tensors="pt")
     _, height, width = (inputs.image_grid_thw[0] // tiny_models.QWEN_MERGE).tolist()

@@ -26,10 +26,13 @@ with deepstack), 3-D rotary positions, but at most 64 merged tokens per image.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "Sizes",
+    "TINY",
     "build_tokenizer",
     "build_processor",
     "build_model",
@@ -63,6 +66,22 @@ TILE_SIZE = 112
 GRID_PINPOINTS = [[112, 224], [224, 112], [224, 224], [112, 336], [336, 112]]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How wide and deep a model's vision tower and language model are (the geometry of images and
+    tokens is each family's own)."""
+
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+
+
+TINY = Sizes()  # the tests' models: a forward pass takes milliseconds
 
 _CORPUS = [
     "USER: What is shown in the image? ASSISTANT: A person in a white suit holding a helmet.",
@@ -138,12 +157,8 @@ def build_processor(padding_side: str = "left"):
 
 def build_model(
     processor,
+    sizes: Sizes = TINY,
     *,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ):
@@ -152,8 +167,8 @@ def build_model(
 
     tokenizer = processor.tokenizer
     config = LlavaConfig(
-        vision_config=_vision_config("CLIPVisionConfig", vision_hidden, vision_layers, IMAGE_SIZE),
-        text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
+        vision_config=_vision_config("CLIPVisionConfig", sizes, IMAGE_SIZE),
+        text_config=_text_config(tokenizer, sizes),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
@@ -162,15 +177,15 @@ def build_model(
     return _finish(LlavaForConditionalGeneration, config, tokenizer, seed, dtype)
 
 
-def _text_settings(tokenizer, hidden: int, layers: int, heads: int) -> dict:
-    """The small language model's sizes and the tokenizer's vocabulary and special tokens."""
+def _text_settings(tokenizer, sizes: Sizes) -> dict:
+    """The language model's sizes and the tokenizer's vocabulary and special tokens."""
     return dict(
         vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
+        hidden_size=sizes.text_hidden,
+        intermediate_size=2 * sizes.text_hidden,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=sizes.text_heads,
+        num_key_value_heads=sizes.text_heads,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -178,10 +193,10 @@ def _text_settings(tokenizer, hidden: int, layers: int, heads: int) -> dict:
     )
 
 
-def _text_config(tokenizer, hidden: int, layers: int, heads: int):
+def _text_config(tokenizer, sizes: Sizes):
     from transformers import LlamaConfig
 
-    return LlamaConfig(**_text_settings(tokenizer, hidden, layers, heads))
+    return LlamaConfig(**_text_settings(tokenizer, sizes))
 
 
 def _finish(model_class, config, tokenizer, seed: int, dtype: torch.dtype):
@@ -220,17 +235,17 @@ def _anyres_image_processor(name: str, mean, std, tile_size: int = TILE_SIZE):
     )
 
 
-def _vision_config(kind: str, hidden: int, layers: int, image_size: int = TILE_SIZE):
-    """A small CLIP or SigLIP tower (``kind``) for ``image_size`` px images or crops."""
+def _vision_config(kind: str, sizes: Sizes, image_size: int = TILE_SIZE):
+    """A CLIP or SigLIP tower (``kind``) for ``image_size`` px images or crops."""
     import transformers
 
     return getattr(transformers, kind)(
         image_size=image_size,
         patch_size=PATCH_SIZE,
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 32),
+        hidden_size=sizes.vision_hidden,
+        intermediate_size=4 * sizes.vision_hidden,
+        num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=max(1, sizes.vision_hidden // 32),
     )
 
 
@@ -250,12 +265,8 @@ def build_next_processor(padding_side: str = "left", *, tile_size: int = TILE_SI
 
 def build_next_model(
     processor,
+    sizes: Sizes = TINY,
     *,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ):
@@ -266,8 +277,8 @@ def build_next_model(
     tokenizer = processor.tokenizer
     tile_size = processor.image_processor.crop_size["height"]
     config = LlavaNextConfig(
-        vision_config=_vision_config("CLIPVisionConfig", vision_hidden, vision_layers, tile_size),
-        text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
+        vision_config=_vision_config("CLIPVisionConfig", sizes, tile_size),
+        text_config=_text_config(tokenizer, sizes),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_grid_pinpoints=_pinpoints(tile_size),
         vision_feature_layer=-2,
@@ -296,12 +307,8 @@ def build_onevision_processor(padding_side: str = "left"):
 
 def build_onevision_model(
     processor,
+    sizes: Sizes = TINY,
     *,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ):
@@ -310,8 +317,8 @@ def build_onevision_model(
 
     tokenizer = processor.tokenizer
     config = LlavaOnevisionConfig(
-        vision_config=_vision_config("SiglipVisionConfig", vision_hidden, vision_layers),
-        text_config=_text_config(tokenizer, text_hidden, text_layers, text_heads),
+        vision_config=_vision_config("SiglipVisionConfig", sizes),
+        text_config=_text_config(tokenizer, sizes),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
         image_grid_pinpoints=GRID_PINPOINTS,
@@ -430,12 +437,8 @@ def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left",
 def build_qwen_model(
     processor,
     family: str = "qwen2_5_vl",
+    sizes: Sizes = TINY,
     *,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
 ):
@@ -450,36 +453,36 @@ def build_qwen_model(
     import transformers
 
     tokenizer = processor.tokenizer
-    head_dim = text_hidden // text_heads
+    head_dim = sizes.text_hidden // sizes.text_heads
     quarter = head_dim // 8
     mrope_section = [head_dim // 2 - 2 * quarter, quarter, quarter]  # time, height, width frequencies
-    text = _text_settings(tokenizer, text_hidden, text_layers, text_heads)
-    text["num_key_value_heads"] = text_heads // 2  # grouped-query attention, as Qwen's
+    text = _text_settings(tokenizer, sizes)
+    text["num_key_value_heads"] = sizes.text_heads // 2  # grouped-query attention, as Qwen's
     vision = dict(
-        depth=vision_layers,
-        hidden_size=vision_hidden,
-        intermediate_size=2 * vision_hidden,
-        num_heads=max(1, vision_hidden // 16),
+        depth=sizes.vision_layers,
+        hidden_size=sizes.vision_hidden,
+        intermediate_size=2 * sizes.vision_hidden,
+        num_heads=max(1, sizes.vision_hidden // 16),
         patch_size=QWEN_PATCH[family],
         spatial_merge_size=QWEN_MERGE,
         temporal_patch_size=2,
-        out_hidden_size=text_hidden,
+        out_hidden_size=sizes.text_hidden,
     )
     if family == "qwen2_vl":  # the tower's width is embed_dim, its output hidden_size
         text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
-        vision.update(embed_dim=vision_hidden, hidden_size=text_hidden, mlp_ratio=2)
+        vision.update(embed_dim=sizes.vision_hidden, hidden_size=sizes.text_hidden, mlp_ratio=2)
         for name in ("intermediate_size", "out_hidden_size"):
             del vision[name]
         names = ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration")
     elif family == "qwen2_5_vl":
         text["rope_scaling"] = {"type": "mrope", "mrope_section": mrope_section}
-        vision.update(window_size=4 * QWEN_MERGE * QWEN_PATCH[family], fullatt_block_indexes=[vision_layers - 1],
+        vision.update(window_size=4 * QWEN_MERGE * QWEN_PATCH[family], fullatt_block_indexes=[sizes.vision_layers - 1],
                       tokens_per_second=2)
         names = ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration")
     else:
         text.update(head_dim=head_dim, rope_scaling={"rope_type": "default", "mrope_section": mrope_section,
                                                      "mrope_interleaved": True})
-        vision.update(num_position_embeddings=64, deepstack_visual_indexes=list(range(vision_layers)))
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=list(range(sizes.vision_layers)))
         names = ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration")
     config_class, model_class = (getattr(transformers, name) for name in names)
     config = config_class(

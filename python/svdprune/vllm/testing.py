@@ -50,8 +50,9 @@ def _hub_name(name: str) -> str:
 
 
 def write_checkpoint(directory, **model_options):
-    """Build a tiny LLaVA-1.5 (``svdprune.testing.models.build_model(**model_options)``) and write it
-    to ``directory`` (config, safetensors, tokenizer, processor, chat template).
+    """Build a tiny LLaVA-1.5 (``svdprune.testing.models.build_model``; ``model_options`` are fields
+    of its ``Sizes``) and write it to ``directory`` (config, safetensors, tokenizer, processor, chat
+    template).
 
     Returns ``(model, processor)``: the same weights, in memory, as transformers objects.
     """
@@ -59,11 +60,11 @@ def write_checkpoint(directory, **model_options):
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    options = {"text_hidden": 128, "text_heads": 2, **model_options}
+    sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
     processor = models.build_processor()
     processor.chat_template = CHAT_TEMPLATE
     processor.tokenizer.chat_template = CHAT_TEMPLATE
-    model = models.build_model(processor, **options)
+    model = models.build_model(processor, sizes)
     weights = {_hub_name(name): tensor.contiguous() for name, tensor in model.state_dict().items()}
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     model.config.architectures = [type(model).__name__]  # vLLM picks its model class by this
