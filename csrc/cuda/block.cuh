@@ -34,6 +34,13 @@ __device__ inline double block_sum(double value) {
   return value;
 }
 
+// Sum of `value` over a whole warp, the same in every lane (each step adds a and b in both
+// lanes of a pair, and a + b == b + a).
+__device__ inline double warp_sum(double value) {
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(kFullMask, value, offset);
+  return value;
+}
+
 // Per lane of a whole warp, the sum of `value` over the lanes below it (0 in lane 0).
 __device__ inline double warp_exclusive_sum(double value) {
   const int lane = threadIdx.x & 31;

@@ -7,7 +7,8 @@
 //   randomized: subspace iteration on G from a Gaussian sketch, re-orthonormalised at every
 //               step, then Rayleigh–Ritz on the small width×width matrix QᵀGQ.
 // The rank cut and the leverage scores then come from one kernel per image. When G is
-// XᵀX, its eigenvectors are the right singular vectors V and U_k = X V_k / sigma_k.
+// XᵀX, its eigenvectors are the right singular vectors V, and the left ones an orthonormal
+// basis of X V (left_basis_kernel).
 // ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself. For
 // select(strategy="pivoted"), a second kernel per image pivots on the same eigenpairs.
 // The kernels other than the energy reduction live in randomized.cuh, rank_leverage.cuh and
@@ -266,25 +267,28 @@ void gram(const Context& ctx, const Features& f, scalar_t* g) {
 
 // Scores and rank (and the pivot scores, when asked for) from `count` eigenpairs of G per
 // image: `values` [batch, count] ascending, `basis` [batch] m×count; ranks above `resolvable`
-// are reported as unresolved (see rank_leverage_kernel). For n ≤ d the basis holds left
-// singular vectors; otherwise right ones, and the scores use X V / sigma.
+// are reported as unresolved (see warp_rank). For n ≤ d the basis holds left singular vectors;
+// otherwise right ones V, and the left ones come from X V (left_basis_kernel).
 template <typename scalar_t>
 void finish(const Context& ctx, const Features& f, const scalar_t* values, int64_t count, int64_t resolvable,
             const scalar_t* basis, const int* info, const double* energy_parts, double variance, double slack,
             const Outputs<scalar_t>& out) {
   constexpr cudaDataType type = kDataType<scalar_t>;
   const scalar_t* vectors = basis;
-  const bool right_vectors = f.n > f.d;
-  if (right_vectors) {
+  if (f.n > f.d) {
     if (data_type(f.dtype) != type) fail("svdprune", "leverage", "features must be in the compute dtype when D < N");
     scalar_t* projected = allocate<scalar_t>(ctx, f.batch * f.n * count);
     gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, f.n, count, f.d, f.data, type, f.d, f.n * f.d, basis, type, f.d,
          f.d * count, projected, type, f.n, f.n * count, f.batch);
+    double* coefficients = allocate<double>(ctx, f.batch * count);
+    launch(left_basis_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream, values, count,
+           projected, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, out.pivot_budget,
+           coefficients);
+    SVDPRUNE_CHECK_LAUNCH("left_basis_kernel");
     vectors = projected;
   }
   launch(rank_leverage_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream, values, count,
-         vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, right_vectors, out.scores,
-         out.rank);
+         vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, out.scores, out.rank);
   SVDPRUNE_CHECK_LAUNCH("rank_leverage_kernel");
   if (out.pivot_budget == 0) return;
 
@@ -297,9 +301,8 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
   scalar_t* workspace = rows_in_shared ? nullptr : allocate<scalar_t>(ctx, f.batch * max_pivots * f.n);
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(pivot_kernel<scalar_t>), shared_bytes);
   launch(pivot_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, shared_bytes, ctx.stream, values, count,
-         vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, right_vectors,
-         static_cast<int>(max_pivots), rows_in_shared, workspace, static_cast<const scalar_t*>(out.scores),
-         out.pivot_scores);
+         vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, static_cast<int>(max_pivots),
+         rows_in_shared, workspace, static_cast<const scalar_t*>(out.scores), out.pivot_scores);
   SVDPRUNE_CHECK_LAUNCH("pivot_kernel");
 }
 
