@@ -268,11 +268,6 @@ Magnitude magnitude(const at::Tensor& image) {
   return out;
 }
 
-// Entries whose magnitude is beyond 2^±kSafeExponent are scaled first: the Gram and sketch
-// products, computed in the image's dtype, hold squares of the entries, which overflow float32
-// near its largest values and underflow (to subnormals, then zero) below about 1e-19.
-constexpr int kSafeExponent = 32;
-
 // The image (contiguous, in the compute dtype) ready to decompose, and its ‖X‖_F². An image whose
 // largest entry is far from 1 is multiplied by the power of two that brings it near 1: exact in
 // floating point, and leverage and rank do not depend on the scale. That comes before centering,
@@ -287,7 +282,9 @@ std::pair<at::Tensor, double> prepare(at::Tensor image, bool center) {
   const auto rescale = [&] {
     const int exponent = m.largest > 0.0 ? std::ilogb(m.largest) : 0;
     if (std::abs(exponent) <= kSafeExponent) return;
-    image = image * std::ldexp(1.0, -exponent);
+    // In two factors, each a normal float32 number even when the largest entry is subnormal
+    // (down to 2^-149), whose 2^-exponent is not.
+    image = image * std::ldexp(1.0, -exponent / 2) * std::ldexp(1.0, exponent / 2 - exponent);
     m = magnitude(image);
   };
   rescale();

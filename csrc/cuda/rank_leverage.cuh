@@ -20,8 +20,9 @@ __device__ inline double image_energy(const double* energy_parts, int parts, int
 
 // Whether an image with ‖X‖_F² = `total` can be analysed in scalar_t: the total is finite (no
 // NaN/Inf in the features) and fits the compute dtype, whose Gram matrix would overflow
-// otherwise. The CPU backend raises on such an image; here it is marked invalid (rank 0, NaN
-// scores), since raising would need a host synchronisation.
+// otherwise (the ops rescale every image first, see rescale, so only NaN/Inf input fails here).
+// The CPU backend raises on NaN/Inf; here the image is marked invalid (rank 0, NaN scores),
+// since raising would need a host synchronisation.
 template <typename scalar_t>
 __device__ inline bool energy_fits(double total) {
   return isfinite(total) && total <= (sizeof(scalar_t) == sizeof(double) ? DBL_MAX : static_cast<double>(FLT_MAX));
