@@ -20,6 +20,12 @@ enum class Strategy { Leverage, Pivoted };
 constexpr double kRankSlackFloat = 1e-5;
 constexpr double kRankSlackDouble = 1e-10;
 
+// An image whose largest |entry| is beyond 2^±kSafeExponent is first multiplied by the power of
+// two that brings that entry near 1: exact in floating point, and leverage and rank do not depend
+// on the scale. The Gram and sketch products hold squares of the entries, which would overflow
+// float32 near its largest values and underflow (to subnormals, then zero) below about 1e-19.
+constexpr int kSafeExponent = 32;
+
 // Validates `features` ([N, D] or [B, N, D], floating point, N, D > 0) and returns a
 // [B, N, D] view of it.
 at::Tensor batched_features(const at::Tensor& features);

@@ -12,6 +12,7 @@
 
 #include <torch/extension.h>
 
+#include <cstring>
 #include <string>
 
 namespace {
@@ -103,6 +104,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   m.def("half_to_float", [](int bits) { return __half2float(__half{static_cast<uint16_t>(bits)}); });
   m.def("bfloat16_to_float", [](int bits) { return __bfloat162float(__nv_bfloat16{static_cast<uint16_t>(bits)}); });
+  m.def("float_to_bfloat16", [](int64_t bits) {
+    const auto word = static_cast<uint32_t>(bits);
+    float value;
+    std::memcpy(&value, &word, sizeof value);
+    return __float2bfloat16_rn(value).bits;
+  });
   // Settings of the backend and of the stand-ins, for tests.
   m.def("set_max_solver_batch", [](int64_t limit) { max_solver_batch = limit; });
   m.def("set_max_syev_batch", [](int64_t limit) { host_emulation::max_syev_batch = limit; });

@@ -36,19 +36,26 @@ void run(void (*kernel)(Params...), dim3 grid, int threads, size_t shared_bytes,
 #define SVDPRUNE_HOST_ENTRY_POINTS(scalar_t, suffix)                                                                   \
   extern "C" void rank_leverage_##suffix(const scalar_t* values, int64_t count, const scalar_t* vectors, int64_t rows, \
                                          const double* energy_parts, int energy_parts_per_image, const int* info,      \
-                                         double variance, double slack, int64_t resolvable, bool divide_by_value,      \
-                                         scalar_t* scores, int64_t* rank, int batch, int threads) {                    \
+                                         double variance, double slack, int64_t resolvable, scalar_t* scores,          \
+                                         int64_t* rank, int batch, int threads) {                                      \
     run(rank_leverage_kernel<scalar_t>, batch, threads, 0, values, count, vectors, rows, energy_parts,                 \
-        energy_parts_per_image, info, variance, slack, resolvable, divide_by_value, scores, rank);                     \
+        energy_parts_per_image, info, variance, slack, resolvable, scores, rank);                                      \
+  }                                                                                                                    \
+  extern "C" void left_basis_##suffix(const scalar_t* values, int64_t count, scalar_t* vectors, int64_t rows,         \
+                                      const double* energy_parts, int energy_parts_per_image, const int* info,         \
+                                      double variance, double slack, int64_t resolvable, int64_t max_pivots,           \
+                                      double* coefficients, int batch, int threads) {                                  \
+    run(left_basis_kernel<scalar_t>, batch, threads, 0, values, count, vectors, rows, energy_parts,                    \
+        energy_parts_per_image, info, variance, slack, resolvable, max_pivots, coefficients);                          \
   }                                                                                                                    \
   extern "C" void pivot_##suffix(const scalar_t* values, int64_t count, const scalar_t* vectors, int n,               \
                                  const double* energy_parts, int energy_parts_per_image, const int* info,              \
-                                 double slack, bool divide_by_value, int max_pivots, bool rows_in_shared,              \
+                                 double slack, int max_pivots, bool rows_in_shared,                                    \
                                  scalar_t* workspace, const scalar_t* scores, scalar_t* pivot_scores, int batch,       \
                                  int threads) {                                                                        \
     run(pivot_kernel<scalar_t>, batch, threads, pivot_shared_bytes(n, max_pivots, sizeof(scalar_t), rows_in_shared),   \
-        values, count, vectors, n, energy_parts, energy_parts_per_image, info, slack, divide_by_value, max_pivots,     \
-        rows_in_shared, workspace, scores, pivot_scores);                                                              \
+        values, count, vectors, n, energy_parts, energy_parts_per_image, info, slack, max_pivots, rows_in_shared,      \
+        workspace, scores, pivot_scores);                                                                              \
   }                                                                                                                    \
   extern "C" void select_top_##suffix(const scalar_t* scores, int n, int budget, int64_t* indices, int batch,          \
                                       int threads) {                                                                   \

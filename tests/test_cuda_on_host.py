@@ -5,6 +5,8 @@ what only this build can show about the backend: solver batches, handles and gra
 unresolved sketch ranks, invalid images, real photos. The op tests of test_ops.py and
 test_pivoted.py run on this build too (device "cuda_on_host")."""
 
+import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +157,42 @@ def test_16_bit_conversions_are_exact_for_every_value(host, dtype, convert):
     assert torch.equal(torch.signbit(got[~nan]), torch.signbit(values[~nan]))
 
 
+def bfloat16_by_the_book(bits: int) -> int:
+    """cuda_bf16.h's __float2bfloat16_rn of the float32 with these bits: the nearer of the two
+    bfloat16 numbers around it (its upper 16 bits, and the next one away from zero, which past
+    the largest finite one is 2^128 and encoded as Inf), the one with an even last bit on a tie;
+    ±0 and ±Inf as they are, NaN to a NaN."""
+    (value,) = struct.unpack("<f", struct.pack("<I", bits))
+    if math.isnan(value):
+        return -1
+    if math.isinf(value):
+        return bits >> 16
+    lower = bits >> 16
+    widen = lambda b: struct.unpack("<f", struct.pack("<I", b << 16))[0]
+    upper_value = math.copysign(2.0**128, value) if (lower + 1) & 0x7F80 == 0x7F80 else widen(lower + 1)
+    below, above = abs(value - widen(lower)), abs(upper_value - value)
+    return lower if below < above or (below == above and lower % 2 == 0) else lower + 1
+
+
+def test_float_to_bfloat16_stand_in_rounds_to_nearest_even(host):
+    generator = torch.Generator().manual_seed(2)
+    random_bits = torch.randint(0, 2**32, (20000,), generator=generator, dtype=torch.int64).tolist()
+    # Ties and near-ties (low halves 0x7FFF, 0x8000, 0x8001 on even and odd upper halves), the
+    # largest finite values and beyond, subnormals, zeros, infinities and NaNs.
+    special = [
+        high << 16 | low
+        for high in (0x0000, 0x0001, 0x0080, 0x3F80, 0x3F81, 0x7F7E, 0x7F7F, 0x8000, 0xBF81, 0xFF7F)
+        for low in (0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF)
+    ] + [0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF]
+    for bits in random_bits + special:
+        got = host.float_to_bfloat16(bits)
+        want = bfloat16_by_the_book(bits)
+        if want == -1:
+            assert got & 0x7F80 == 0x7F80 and got & 0x007F != 0, hex(bits)  # a NaN
+        else:
+            assert got == want, (hex(bits), hex(got), hex(want))
+
+
 # --- the backend on the host
 
 
@@ -241,20 +279,23 @@ def test_randomized_reports_an_unresolved_rank_as_the_sketch_width_and_auto_is_e
 
 @pytest.mark.parametrize("method", ["exact", "randomized"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_nan_inf_and_too_large_images_are_marked_invalid(method, dtype):
-    # The CPU raises on these (see test_ops.py); CUDA cannot without a host synchronisation, so
-    # such an image gets rank 0 and NaN scores, and select falls back to the first tokens.
+def test_nan_and_inf_images_are_marked_invalid_and_huge_ones_rescaled(method, dtype):
+    # The CPU raises on NaN/Inf (see test_ops.py); CUDA cannot without a host synchronisation, so
+    # such an image gets rank 0 and NaN scores, and select falls back to the first tokens. An image
+    # whose squares leave float32 is multiplied by a power of two first, as on the CPU.
     x = designed(64, 600, SPECTRUM, noise=1e-3, batch=4).to(dtype)
     x[0, 3, 4] = float("nan")
     x[1, 0, 0] = float("inf")
-    x[2] = 3e38 if dtype == torch.bfloat16 else 1e20  # ||X||_F^2 beyond float32
+    x[2] = x[3] * 2.0**100
     indices, scores, rank = cuda_on_host.select(x, 8, 0.9, method)
-    assert rank.tolist() == [0, 0, 0, 3]
-    assert torch.isnan(scores[:3]).all() and torch.isfinite(scores[3]).all()
-    assert torch.equal(indices[:3], torch.arange(8).expand(3, -1))
+    assert rank.tolist() == [0, 0, 3, 3]
+    assert torch.isnan(scores[:2]).all() and torch.isfinite(scores[2:]).all()
+    torch.testing.assert_close(scores[2], scores[3], atol=1e-6, rtol=0)
+    assert torch.equal(indices[2], indices[3])
+    assert torch.equal(indices[:2], torch.arange(8).expand(2, -1))
     mask, count, _, _ = cuda_on_host.select_adaptive(x, 0.9, 2, -1, method)
-    assert count[:3].tolist() == [2, 2, 2]
-    assert torch.equal(cuda_on_host.select(x, 8, 0.9, method, 0, "pivoted")[0][:3], torch.arange(8).expand(3, -1))
+    assert count[:2].tolist() == [2, 2]
+    assert torch.equal(cuda_on_host.select(x, 8, 0.9, method, 0, "pivoted")[0][:2], torch.arange(8).expand(2, -1))
 
 
 def test_rank_deficient_input_gives_the_numerical_rank():

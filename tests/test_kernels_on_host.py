@@ -64,8 +64,10 @@ class Eigenpairs:
     """What leverage.cu hands the kernels for a [B, N, D] batch (computed in float64, stored in
     `dtype`): eigenvalues of the smaller Gram matrix, ascending, `values` [B, count], and per
     image `count` columns of N entries, `vectors` [B, count, N]: the eigenvectors of X Xᵀ
-    (N ≤ D), or X V from those of Xᵀ X (N > D; the kernels divide by sigma). Also ‖X‖_F² in
-    ENERGY_PARTS partial sums and the solver's status per image."""
+    (N ≤ D), or for N > D what left_basis_kernel makes of X V from those of Xᵀ X: X V
+    orthonormalised from the largest eigenvalue down, with the columns of eigenvalues at most
+    the slack times the largest zeroed. Also ‖X‖_F² in ENERGY_PARTS partial sums and the
+    solver's status per image."""
 
     def __init__(self, x: torch.Tensor, dtype: torch.dtype, failed=()):
         n, d = x.shape[-2:]
@@ -73,8 +75,9 @@ class Eigenpairs:
             values, vectors = torch.linalg.eigh(x @ x.mT)
         else:
             values, right = torch.linalg.eigh(x.mT @ x)
-            vectors = x @ right
-        self.dtype, self.divide = dtype, n > d
+            vectors = torch.linalg.qr(x @ right.flip(-1))[0].flip(-1)
+            vectors = vectors * (values > values[..., -1:] * SLACK[dtype])[..., None, :]
+        self.dtype = dtype
         self.values = values.to(dtype).contiguous()
         self.vectors = vectors.mT.to(dtype).contiguous()
         self.batch, self.count, self.n = self.vectors.shape
@@ -90,7 +93,7 @@ class Eigenpairs:
             address(self.values), ctypes.c_int64(self.count), address(self.vectors), ctypes.c_int64(self.n),
             address(self.energy), ctypes.c_int(ENERGY_PARTS), address(self.info), ctypes.c_double(variance),
             ctypes.c_double(SLACK[self.dtype]), ctypes.c_int64(self.count if resolvable is None else resolvable),
-            ctypes.c_bool(self.divide), address(scores), address(rank), ctypes.c_int(self.batch), ctypes.c_int(threads))
+            address(scores), address(rank), ctypes.c_int(self.batch), ctypes.c_int(threads))
         return scores, rank
 
     def pivot(self, kernels, scores, budget, rows_in_shared, threads=LEVERAGE_THREADS):
@@ -100,7 +103,7 @@ class Eigenpairs:
         entry(kernels, "pivot", self.dtype)(
             address(self.values), ctypes.c_int64(self.count), address(self.vectors), ctypes.c_int(self.n),
             address(self.energy), ctypes.c_int(ENERGY_PARTS), address(self.info), ctypes.c_double(SLACK[self.dtype]),
-            ctypes.c_bool(self.divide), ctypes.c_int(max_pivots), ctypes.c_bool(rows_in_shared), address(workspace),
+            ctypes.c_int(max_pivots), ctypes.c_bool(rows_in_shared), address(workspace),
             address(scores), address(out), ctypes.c_int(self.batch), ctypes.c_int(threads))
         return out
 
@@ -111,8 +114,6 @@ class Eigenpairs:
         for b in range(self.batch):
             v = self.values[b].flip(0).double()
             u = self.vectors[b].flip(0).mT
-            if self.divide:
-                u = u / v.clamp_min(torch.finfo(torch.float64).tiny).sqrt().to(u.dtype)
             sigma = torch.where(v > v[0] * SLACK[self.dtype], v, torch.zeros_like(v)).sqrt()
             picks.append(reference.pivoted_tokens(u, sigma, scores[b].double(), budget))
         return torch.stack(picks)
@@ -151,8 +152,8 @@ DTYPES = [torch.float32, torch.float64]
 def expected_leverage(x: torch.Tensor, variance: float, dtype: torch.dtype):
     """reference.leverage with the rank-cut slack of `dtype` (so, in float32, variance = 1 cuts
     at the float32 numerical rank) and, when N > D, without the directions whose squared
-    singular value is at most that slack times the largest: U = X V / sigma has no meaningful
-    column there, and the kernel skips them."""
+    singular value is at most that slack times the largest: X V has no meaningful column there,
+    and left_basis_kernel zeroes them."""
     u, sigma, total = reference.spectrum(x)
     energy = sigma.square()
     below = (energy.cumsum(-1) < (variance * total * (1 - SLACK[dtype]))[:, None]).sum(-1)
@@ -194,6 +195,65 @@ def test_zero_nonfinite_or_failed_images(kernels):
     assert rank.tolist() == [0, 3, 0, 0]
     assert torch.equal(scores[0], torch.zeros(100)) and torch.isfinite(scores[1]).all()
     assert torch.isnan(scores[2]).all() and torch.isnan(scores[3]).all()
+
+
+def left_basis(kernels, x, dtype, variance, max_pivots, threads=LEVERAGE_THREADS, failed=(), energy=None):
+    """left_basis_kernel on X V for a [B, N, D] batch with N > D, from the eigenpairs of Xᵀ X
+    (float64, stored in `dtype`), as leverage.cu runs it. Returns X V before and after, both
+    [B, N, count] with the columns in the eigenvalues' ascending order, and the eigenvalues."""
+    values, right = torch.linalg.eigh(x.mT @ x)
+    values = values.to(dtype).contiguous()
+    before = (x @ right).to(dtype)
+    vectors = before.mT.contiguous()  # each image column-major, as cuBLAS leaves it
+    batch, count, n = vectors.shape
+    if energy is None:
+        energy = torch.zeros(batch, ENERGY_PARTS, dtype=torch.float64)
+        energy[:, 0] = x.square().sum((-2, -1))
+    info = torch.zeros(batch, dtype=torch.int32)
+    info[list(failed)] = 1
+    coefficients = torch.full((batch, count), float("nan"), dtype=torch.float64)
+    entry(kernels, "left_basis", dtype)(
+        address(values), ctypes.c_int64(count), address(vectors), ctypes.c_int64(n), address(energy),
+        ctypes.c_int(ENERGY_PARTS), address(info), ctypes.c_double(variance), ctypes.c_double(SLACK[dtype]),
+        ctypes.c_int64(count), ctypes.c_int64(max_pivots), address(coefficients), ctypes.c_int(batch),
+        ctypes.c_int(threads))
+    return before, vectors.mT, values
+
+
+@pytest.mark.parametrize("threads", [32, 256, 512])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variance,max_pivots", [(0.9, 0), (0.9, 10), (1.0, 16)])
+def test_left_basis_is_orthonormal_with_the_spans_of_x_v(kernels, dtype, variance, max_pivots, threads):
+    # Three directions at variance 0.9, six above the float32 and float64 floors (the noise is
+    # below the float32 one): the leading max(rank, max_pivots) columns, from the largest
+    # eigenvalue down, become Householder QR's Q of the same columns (up to signs) where the
+    # eigenvalue is above the floor, zero where it is not; the other columns are left alone.
+    x = designed(300, 80, SPECTRUM, noise=1e-4, batch=2).double()
+    before, after, values = left_basis(kernels, x, dtype, variance, max_pivots, threads)
+    rank = expected_leverage(x, variance, dtype)[1]
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for b in range(2):
+        columns = max(int(rank[b]), max_pivots)
+        kept = min(columns, int((values[b] > values[b, -1] * SLACK[dtype]).sum()))
+        assert kept == min(columns, 6 if dtype == torch.float32 else 80)
+        descending = after[b].flip(-1)
+        q = torch.linalg.qr(before[b].flip(-1)[:, :kept].double())[0]
+        signs = torch.sign((q * descending[:, :kept].double()).sum(0))
+        torch.testing.assert_close(descending[:, :kept].double() * signs, q, atol=tolerance, rtol=0)
+        assert torch.equal(descending[:, kept:columns], torch.zeros_like(descending[:, kept:columns]))
+        assert torch.equal(descending[:, columns:], before[b].flip(-1)[:, columns:])
+
+
+def test_left_basis_leaves_zero_nonfinite_or_failed_images_alone(kernels):
+    x = designed(100, 40, SPECTRUM, noise=1e-3, batch=4).double()
+    x[0] = 0.0
+    energy = torch.zeros(4, ENERGY_PARTS, dtype=torch.float64)
+    energy[:, 0] = x.square().sum((-2, -1))
+    energy[3, 1] = float("nan")  # as a NaN or Inf in the features leaves it
+    before, after, _ = left_basis(kernels, x, torch.float64, 0.9, 8, failed=[2], energy=energy)
+    for b in (0, 2, 3):
+        assert torch.equal(after[b], before[b])
+    assert not torch.equal(after[1], before[1])
 
 
 # --- pivot kernel

@@ -170,6 +170,30 @@ def test_energy_is_exact_enough_for_a_tight_cut():
         torch.set_num_threads(threads)
 
 
+# One strong direction, twelve near 1e-2 and a floor of 250 near 2e-3 (log-spaced within
+# 1e0..1e-3): at variance 0.999 the cut falls after the twelve, at sigma_k / sigma_1 = 1e-2, and
+# the floor holds just under 0.1 % of the energy. Left singular vectors formed as X V / sigma, or
+# from a sketch as Y W / sqrt(lambda), carry the eigensolver's rounding amplified by
+# sigma_1 / sigma_i there and are not orthonormal: their scores missed the rank by up to 2e-3.
+DEEP_CUT = [1.0, *torch.logspace(-1.9, -2.0, 12).tolist(), *torch.logspace(-2.66, -2.76, 250).tolist()]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n,d", [(576, 300), (300, 576)])
+def test_scores_at_a_deep_cut_sum_to_the_rank(method, n, d, device):
+    x = designed(n, d, DEEP_CUT, batch=2).float()
+    indices, scores, rank = run_on(device, torch.ops.svdprune.select, x, 16, 0.999, method)
+    expected_indices, expected_scores, expected_rank = reference.select(x, 16, 0.999)
+    assert rank.tolist() == expected_rank.tolist() == [13, 13]
+    # The scores are the diagonal of the projector onto a k-dimensional subspace, so they sum to k
+    # however that subspace is rounded; the float32 Gram matrix rounds it by up to about 1e-3 here.
+    torch.testing.assert_close(scores.double().sum(-1), rank.double(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-3, rtol=0)
+    assert_top_k(indices, expected_scores, 16, tol=2e-3)
+    assert torch.equal(indices, expected_indices)  # the 16th and 17th scores are more than 4e-3 apart
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rank_follows_variance(dtype):
     x = designed(300, 400, SPECTRUM).to(dtype)

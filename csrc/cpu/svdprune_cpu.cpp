@@ -99,8 +99,30 @@ int64_t count_nonzero(const at::Tensor& values_desc, double slack) {
   return (values_desc > values_desc[0] * slack).sum().item<int64_t>();
 }
 
-// Exact basis from the smaller Gram matrix: X Xᵀ (N×N) gives U directly; XᵀX (D×D) gives V,
-// and U = X V / sigma.
+// Left singular vectors from `product` = X V (or Y W, see basis_randomized) and the eigenvalues
+// (descending) whose square roots are the norms of its columns: an orthonormal basis U with
+// span(U[:, :m]) = span(product[:, :m]) for every m, which is all that leverage (the first `rank`
+// columns) and pivoting (the first `wanted`) depend on. product / sigma alone carries the
+// eigensolver's rounding of V towards directions of larger sigma_j amplified by sigma_j / sigma_i:
+// at a deep cut (variance 0.999 over a long tail) its trailing columns are not orthonormal and the
+// scores do not sum to the rank. Two passes of CholeskyQR (U ← U R⁻¹, RᵀR = UᵀU) repair it: the
+// triangular factor keeps the spans nested, rows of zeros stay exactly zero (so ties among them
+// still go to the lower index), and product / sigma is within about eps / slack of orthonormal,
+// far inside what CholeskyQR handles. Columns past the `nonzero` ones carry no energy and are
+// left zero.
+at::Tensor left_basis(const at::Tensor& product, const at::Tensor& values, int64_t nonzero) {
+  const int64_t columns = product.size(1), kept = std::min(columns, nonzero);
+  auto u = product.narrow(1, 0, kept) * values.narrow(0, 0, kept).rsqrt();
+  for (int pass = 0; pass < 2; ++pass) {
+    const auto upper = at::linalg_cholesky(at::mm(u.t(), u), /*upper=*/true);
+    u = at::linalg_solve_triangular(upper, u, /*upper=*/true, /*left=*/false);
+  }
+  if (kept == columns) return u;
+  return at::cat({u, at::zeros({product.size(0), columns - kept}, u.options())}, 1);
+}
+
+// Exact basis from the smaller Gram matrix: X Xᵀ (N×N) gives U directly (orthonormal
+// eigenvectors, nothing to repair); XᵀX (D×D) gives V, and U spans X V (see left_basis).
 Basis basis_exact(const at::Tensor& x, double total, double variance, double slack, int64_t wanted) {
   const int64_t n = x.size(0), d = x.size(1);
   const bool tokens_side = n <= d;
@@ -109,10 +131,7 @@ Basis basis_exact(const at::Tensor& x, double total, double variance, double sla
   const int64_t nonzero = count_nonzero(values, slack);
   const int64_t columns = std::max(rank, std::min(wanted, nonzero));
   if (tokens_side) return {vectors.narrow(1, 0, columns), rank, nonzero};
-  // Directions with a numerically zero eigenvalue carry no energy; dropping them avoids 0/0.
-  const auto top_values = values.narrow(0, 0, columns);
-  const auto inverse_sigma = at::where(top_values > values[0] * slack, top_values.rsqrt(), at::zeros_like(top_values));
-  return {at::mm(x, vectors.narrow(1, 0, columns)) * inverse_sigma, rank, nonzero};
+  return {left_basis(at::mm(x, vectors.narrow(1, 0, columns)), values, nonzero), rank, nonzero};
 }
 
 // X·Z for an orthonormal Z (D×w) spanning, after power iterations, nearly the leading right
@@ -129,10 +148,10 @@ at::Tensor sketch_power_iterations(const at::Tensor& x, const at::Tensor& omega)
 }
 
 // Randomized basis: Gaussian sketch (deterministic for `seed`), power iterations, then
-// Rayleigh–Ritz: with Y = X Z, the eigenpairs (λ, W) of YᵀY give singular values √λ and left
-// singular vectors Y W / √λ of X Z Zᵀ. The sketch starts at kInitialSketch columns, or at twice
-// the wanted basis (pivoting leans on the trailing wanted vectors, which a tighter sketch
-// blurs), and doubles until its Ritz values capture `variance` of ‖X‖_F² with kOversample
+// Rayleigh–Ritz: with Y = X Z, the eigenpairs (λ, W) of YᵀY give singular values √λ of X Z Zᵀ
+// and its left singular vectors, which span Y W (see left_basis). The sketch starts at
+// kInitialSketch columns, or at twice the wanted basis (pivoting leans on the trailing wanted
+// vectors, which a tighter sketch blurs), and doubles until its Ritz values capture `variance` of ‖X‖_F² with kOversample
 // columns to spare. Once the sketches, the next one included, would cost more than the exact
 // solver (high ranks, flat spectra such as noise, wide pivoting bases), the exact solver runs.
 Basis basis_randomized(const at::Tensor& x, double total, double variance, double slack, int64_t seed,
@@ -152,10 +171,7 @@ Basis basis_randomized(const at::Tensor& x, double total, double variance, doubl
     if (cut.reached && cut.rank + kOversample <= width) {
       const int64_t nonzero = count_nonzero(values, slack);
       const int64_t columns = std::max(cut.rank, std::min(wanted, nonzero));
-      const auto top_values = values.narrow(0, 0, columns);
-      const auto inverse_sigma =
-          at::where(top_values > values[0] * slack, top_values.rsqrt(), at::zeros_like(top_values));
-      return {at::mm(y, vectors.narrow(1, 0, columns)) * inverse_sigma, cut.rank, nonzero};
+      return {left_basis(at::mm(y, vectors.narrow(1, 0, columns)), values, nonzero), cut.rank, nonzero};
     }
     spent += sketch_flops(n, d, width);
   }
@@ -252,11 +268,6 @@ Magnitude magnitude(const at::Tensor& image) {
   return out;
 }
 
-// Entries whose magnitude is beyond 2^±kSafeExponent are scaled first: the Gram and sketch
-// products, computed in the image's dtype, hold squares of the entries, which overflow float32
-// near its largest values and underflow (to subnormals, then zero) below about 1e-19.
-constexpr int kSafeExponent = 32;
-
 // The image (contiguous, in the compute dtype) ready to decompose, and its ‖X‖_F². An image whose
 // largest entry is far from 1 is multiplied by the power of two that brings it near 1: exact in
 // floating point, and leverage and rank do not depend on the scale. That comes before centering,
@@ -271,7 +282,9 @@ std::pair<at::Tensor, double> prepare(at::Tensor image, bool center) {
   const auto rescale = [&] {
     const int exponent = m.largest > 0.0 ? std::ilogb(m.largest) : 0;
     if (std::abs(exponent) <= kSafeExponent) return;
-    image = image * std::ldexp(1.0, -exponent);
+    // In two factors, each a normal float32 number even when the largest entry is subnormal
+    // (down to 2^-149), whose 2^-exponent is not.
+    image = image * std::ldexp(1.0, -exponent / 2) * std::ldexp(1.0, exponent / 2 - exponent);
     m = magnitude(image);
   };
   rescale();

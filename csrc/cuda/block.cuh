@@ -4,6 +4,7 @@
 #pragma once
 
 #include <climits>
+#include <cmath>
 #include <cstdint>
 
 namespace svdprune::cuda {
@@ -20,17 +21,33 @@ __device__ inline double* dynamic_shared_memory() {
 
 __device__ inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Sum over the block; the result is valid in thread 0. Call at most once per kernel.
-__device__ inline double block_sum(double value) {
-  __shared__ double warp_sums[32];
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(kFullMask, value, offset);
+struct Sum {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct Max {  // NaN is the lack of a value, as in fmax
+  __device__ double operator()(double a, double b) const { return fmax(a, b); }
+};
+
+// `combine` (Sum or Max) over the block, with `identity` its neutral value; the result is valid
+// in thread 0. Call at most once per kernel.
+template <typename Combine>
+__device__ inline double block_reduce(double value, Combine combine, double identity) {
+  __shared__ double warp_values[32];
+  for (int offset = 16; offset > 0; offset >>= 1) value = combine(value, __shfl_down_sync(kFullMask, value, offset));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = value;
+  if (lane == 0) warp_values[warp] = value;
   __syncthreads();
   if (warp == 0) {
-    value = lane < static_cast<int>(blockDim.x >> 5) ? warp_sums[lane] : 0.0;
-    for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_down_sync(kFullMask, value, offset);
+    value = lane < static_cast<int>(blockDim.x >> 5) ? warp_values[lane] : identity;
+    for (int offset = 16; offset > 0; offset >>= 1) value = combine(value, __shfl_down_sync(kFullMask, value, offset));
   }
+  return value;
+}
+
+// Sum of `value` over a whole warp, the same in every lane (each step adds a and b in both
+// lanes of a pair, and a + b == b + a).
+__device__ inline double warp_sum(double value) {
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(kFullMask, value, offset);
   return value;
 }
 

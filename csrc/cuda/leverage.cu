@@ -7,7 +7,8 @@
 //   randomized: subspace iteration on G from a Gaussian sketch, re-orthonormalised at every
 //               step, then Rayleigh–Ritz on the small width×width matrix QᵀGQ.
 // The rank cut and the leverage scores then come from one kernel per image. When G is
-// XᵀX, its eigenvectors are the right singular vectors V and U_k = X V_k / sigma_k.
+// XᵀX, its eigenvectors are the right singular vectors V, and the left ones an orthonormal
+// basis of X V (left_basis_kernel).
 // ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself. For
 // select(strategy="pivoted"), a second kernel per image pivots on the same eigenpairs.
 // The kernels other than the energy reduction live in randomized.cuh, rank_leverage.cuh and
@@ -105,6 +106,16 @@ __device__ inline double to_double(__nv_bfloat16 v) { return static_cast<double>
 __device__ inline double to_double(float v) { return v; }
 __device__ inline double to_double(double v) { return v; }
 
+// v, exactly representable in T (rounded to nearest even where it is not).
+template <typename T>
+__device__ inline T from_double(double v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(static_cast<float>(v));
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Kernels
 
@@ -120,8 +131,46 @@ __global__ void energy_kernel(const T* x, int64_t elements, double* parts) {
     const double v = to_double(image[i]);
     sum += v * v;
   }
-  sum = block_sum(sum);
+  sum = block_reduce(sum, Sum{}, 0.0);
   if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = sum;
+}
+
+// parts[b * kEnergyParts + p] = largest |entry| of part p of image b (NaN entries left out).
+template <typename T>
+__global__ void largest_kernel(const T* x, int64_t elements, double* parts) {
+  const int64_t chunk = (elements + kEnergyParts - 1) / kEnergyParts;
+  const int64_t begin = blockIdx.y * chunk;
+  const int64_t end = min64(begin + chunk, elements);
+  const T* image = x + static_cast<int64_t>(blockIdx.x) * elements;
+  double largest = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) largest = fmax(largest, fabs(to_double(image[i])));
+  largest = block_reduce(largest, Max{}, 0.0);
+  if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = largest;
+}
+
+// The power of two, 2^shift, by which rescale_kernel multiplies `image`: shift = -ilogb of its
+// largest |entry| when that entry is beyond 2^±safe_exponent, 0 otherwise. An image of zeros, or
+// with Inf entries, keeps its scale (the latter is marked invalid, see energy_fits).
+__device__ inline int rescale_shift(const double* largest_parts, int64_t image, int safe_exponent) {
+  double largest = 0.0;
+  for (int p = 0; p < kEnergyParts; ++p) largest = fmax(largest, largest_parts[image * kEnergyParts + p]);
+  if (!(largest > 0.0) || !isfinite(largest)) return 0;
+  const int exponent = ilogb(largest);
+  return exponent > safe_exponent || exponent < -safe_exponent ? -exponent : 0;
+}
+
+// out = x with each image multiplied by 2^rescale_shift: exact (ldexp), except for entries that
+// end up below the smallest normal number of T, some 2^126 times smaller than the largest one.
+template <typename T>
+__global__ void rescale_kernel(const T* x, int64_t elements, const double* largest_parts, int safe_exponent, T* out) {
+  const int64_t chunk = (elements + kEnergyParts - 1) / kEnergyParts;
+  const int64_t begin = blockIdx.y * chunk;
+  const int64_t end = min64(begin + chunk, elements);
+  const int64_t offset = static_cast<int64_t>(blockIdx.x) * elements;
+  const int shift = rescale_shift(largest_parts, blockIdx.x, safe_exponent);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    out[offset + i] = from_double<T>(ldexp(to_double(x[offset + i]), shift));
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -266,25 +315,28 @@ void gram(const Context& ctx, const Features& f, scalar_t* g) {
 
 // Scores and rank (and the pivot scores, when asked for) from `count` eigenpairs of G per
 // image: `values` [batch, count] ascending, `basis` [batch] m×count; ranks above `resolvable`
-// are reported as unresolved (see rank_leverage_kernel). For n ≤ d the basis holds left
-// singular vectors; otherwise right ones, and the scores use X V / sigma.
+// are reported as unresolved (see warp_rank). For n ≤ d the basis holds left singular vectors;
+// otherwise right ones V, and the left ones come from X V (left_basis_kernel).
 template <typename scalar_t>
 void finish(const Context& ctx, const Features& f, const scalar_t* values, int64_t count, int64_t resolvable,
             const scalar_t* basis, const int* info, const double* energy_parts, double variance, double slack,
             const Outputs<scalar_t>& out) {
   constexpr cudaDataType type = kDataType<scalar_t>;
   const scalar_t* vectors = basis;
-  const bool right_vectors = f.n > f.d;
-  if (right_vectors) {
+  if (f.n > f.d) {
     if (data_type(f.dtype) != type) fail("svdprune", "leverage", "features must be in the compute dtype when D < N");
     scalar_t* projected = allocate<scalar_t>(ctx, f.batch * f.n * count);
     gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, f.n, count, f.d, f.data, type, f.d, f.n * f.d, basis, type, f.d,
          f.d * count, projected, type, f.n, f.n * count, f.batch);
+    double* coefficients = allocate<double>(ctx, f.batch * count);
+    launch(left_basis_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream, values, count,
+           projected, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, out.pivot_budget,
+           coefficients);
+    SVDPRUNE_CHECK_LAUNCH("left_basis_kernel");
     vectors = projected;
   }
   launch(rank_leverage_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, 0, ctx.stream, values, count,
-         vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, right_vectors, out.scores,
-         out.rank);
+         vectors, f.n, energy_parts, kEnergyParts, info, variance, slack, resolvable, out.scores, out.rank);
   SVDPRUNE_CHECK_LAUNCH("rank_leverage_kernel");
   if (out.pivot_budget == 0) return;
 
@@ -297,9 +349,8 @@ void finish(const Context& ctx, const Features& f, const scalar_t* values, int64
   scalar_t* workspace = rows_in_shared ? nullptr : allocate<scalar_t>(ctx, f.batch * max_pivots * f.n);
   allow_dynamic_shared_memory(reinterpret_cast<const void*>(pivot_kernel<scalar_t>), shared_bytes);
   launch(pivot_kernel<scalar_t>, static_cast<unsigned>(f.batch), kThreads, shared_bytes, ctx.stream, values, count,
-         vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, right_vectors,
-         static_cast<int>(max_pivots), rows_in_shared, workspace, static_cast<const scalar_t*>(out.scores),
-         out.pivot_scores);
+         vectors, to_int(f.n, "pivot n"), energy_parts, kEnergyParts, info, slack, static_cast<int>(max_pivots),
+         rows_in_shared, workspace, static_cast<const scalar_t*>(out.scores), out.pivot_scores);
   SVDPRUNE_CHECK_LAUNCH("pivot_kernel");
 }
 
@@ -430,7 +481,29 @@ void leverage_typed(const Context& ctx, const Features& f, double variance, doub
   }
 }
 
+template <typename T>
+void rescale_typed(const Context& ctx, const Features& f, int safe_exponent, T* out) {
+  const T* x = static_cast<const T*>(f.data);
+  double* largest_parts = allocate<double>(ctx, f.batch * kEnergyParts);
+  const dim3 grid(static_cast<unsigned>(f.batch), kEnergyParts);
+  launch(largest_kernel<T>, grid, kThreads, 0, ctx.stream, x, f.n * f.d, largest_parts);
+  SVDPRUNE_CHECK_LAUNCH("largest_kernel");
+  launch(rescale_kernel<T>, grid, kThreads, 0, ctx.stream, x, f.n * f.d, static_cast<const double*>(largest_parts),
+         safe_exponent, out);
+  SVDPRUNE_CHECK_LAUNCH("rescale_kernel");
+}
+
 }  // namespace
+
+void rescale(const Context& ctx, const Features& features, int safe_exponent, void* out) {
+  if (features.batch == 0) return;
+  switch (features.dtype) {
+    case DType::Half: fail("svdprune", "rescale", "float16 features need no rescaling");
+    case DType::BFloat16: rescale_typed(ctx, features, safe_exponent, static_cast<__nv_bfloat16*>(out)); break;
+    case DType::Float: rescale_typed(ctx, features, safe_exponent, static_cast<float*>(out)); break;
+    case DType::Double: rescale_typed(ctx, features, safe_exponent, static_cast<double*>(out)); break;
+  }
+}
 
 int64_t sketch_width(int64_t rank_bound) {
   const size_t shared_limit = shared_memory_limit();

@@ -77,25 +77,34 @@ inline Analysis analyze_batch(const at::Tensor& x, double variance, std::string_
                pivot_budget > 0 ? at::empty({batch, n}, x.options().dtype(compute)) : at::Tensor()};
   if (batch == 0) return out;
 
-  // The Gram product reads 16-bit features as they are. Centring, and the product U = X V
-  // that recovers left singular vectors when D < N, need them in the compute dtype.
-  at::Tensor work;
+  Buffers buffers(x);
+  // As on the CPU, an image whose largest |entry| is beyond 2^±kSafeExponent is first multiplied
+  // by the power of two that brings it near 1 (see rescale), before centring, so that centring
+  // cannot overflow, and again after it, which can leave entries far smaller than the image's.
+  // float16 needs none: its squares, and their sums, fit float32 whatever its values.
+  const auto rescaled = [&](const at::Tensor& t) {
+    const auto in = t.contiguous();
+    auto out = at::empty_like(in);
+    rescale(make_context(buffers), {in.const_data_ptr(), dtype_of(in.scalar_type()), in.size(0), in.size(1), in.size(2)},
+            kSafeExponent, out.mutable_data_ptr());
+    return out;
+  };
+  // The Gram product reads 16-bit features as they are. Centring, and the product X V that
+  // recovers left singular vectors when D < N, need them in the compute dtype.
+  at::Tensor work = x.scalar_type() == at::kHalf ? x.contiguous() : rescaled(x);
   if (center) {
     // The mean accumulated in double, as on the CPU: the tokens of a constant image centre to
     // exactly zero.
-    const auto wide = x.to(compute);
-    work = (wide - wide.mean(at::IntArrayRef{1}, /*keepdim=*/true, at::kDouble).to(compute)).contiguous();
+    const auto wide = work.to(compute);
+    work = rescaled(wide - wide.mean(at::IntArrayRef{1}, /*keepdim=*/true, at::kDouble).to(compute));
   } else if (d < n) {
-    work = x.to(compute).contiguous();
-  } else {
-    work = x.contiguous();
+    work = work.to(compute);
   }
   int64_t width = method == Method::Randomized ? sketch_width(std::min(n, d)) : 0;
   // Pivoting leans on the trailing vectors of its basis, which a sketch blurs unless it is twice
   // as wide as the basis (as on the CPU); a narrower sketch gives way to the exact path.
   if (width < 2 * pivot_budget) width = 0;
 
-  Buffers buffers(x);
   leverage(make_context(buffers), {work.const_data_ptr(), dtype_of(work.scalar_type()), batch, n, d}, variance, slack,
            width, static_cast<uint64_t>(seed), out.scores.mutable_data_ptr(), out.rank.mutable_data_ptr<int64_t>(),
            pivot_budget, pivot_budget > 0 ? out.pivot_scores.mutable_data_ptr() : nullptr);

@@ -33,7 +33,7 @@ inline size_t pivot_shared_bytes(int64_t n, int64_t max_pivots, size_t scalar_by
 template <typename scalar_t>
 __global__ void pivot_kernel(const scalar_t* values, int64_t count, const scalar_t* vectors, int n,
                              const double* energy_parts, int energy_parts_per_image, const int* info, double slack,
-                             bool divide_by_value, int max_pivots, bool rows_in_shared, scalar_t* workspace,
+                             int max_pivots, bool rows_in_shared, scalar_t* workspace,
                              const scalar_t* scores, scalar_t* pivot_scores) {
   const int64_t image = blockIdx.x;
   const scalar_t* image_values = values + image * count;
@@ -59,12 +59,10 @@ __global__ void pivot_kernel(const scalar_t* values, int64_t count, const scalar
   for (int j = threadIdx.x; j < n; j += blockDim.x) taken[j] = 0;
   __syncthreads();
   const int m = shared_pivots;
-  // Column i of U_m is eigenvector count-1-i, divided by its singular value when the
-  // eigenvectors are X V (all m eigenvalues are above the floor, so none is zero).
+  // Column i of U_m is column count-1-i of the vectors.
   for (int64_t e = threadIdx.x; e < static_cast<int64_t>(m) * n; e += blockDim.x) {
-    const int64_t i = e / n, j = e % n, column = count - 1 - i;
-    const scalar_t v = image_vectors[j + column * n];
-    rows[e] = divide_by_value ? v * (scalar_t(1) / sqrt(image_values[column])) : v;
+    const int64_t i = e / n, j = e % n;
+    rows[e] = image_vectors[j + (count - 1 - i) * n];
   }
   __syncthreads();
 

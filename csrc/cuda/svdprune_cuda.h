@@ -42,6 +42,14 @@ struct Features {
   int64_t batch, n, d;
 };
 
+// Copies `features` into `out` (same dtype and layout), each image multiplied by the power of two
+// that brings its largest |entry| near 1 when that entry is beyond 2^±safe_exponent: exact, and
+// leverage and rank do not depend on the scale, while the Gram product, which holds squares of
+// the entries, would overflow or underflow float32 (or float64) otherwise. Images of zeros or
+// with NaN/Inf entries keep their scale. float16 needs none (its squares fit float32) and is
+// refused.
+void rescale(const Context& ctx, const Features& features, int safe_exponent, void* out);
+
 // Sketch width of the randomized path for an image with min(N, D) = `rank_bound`, or 0 when
 // no sketch could ever be accepted and the exact path is used (see leverage.cu).
 int64_t sketch_width(int64_t rank_bound);
