@@ -1,12 +1,16 @@
 """End-to-end latency of a LLaVA-1.5-7B-shaped model with SVD-Prune: time to first token and
 decode speed for all 576 visual tokens against K kept, with the selection timed on its own; then
 the same for a LLaVA-NeXT-7B-shaped model (``--next-budgets``; a 672 x 672 image: base view and
-four tiles, 2,880 visual tokens plus 48 row newlines, ``budget`` per image).
+four tiles, 2,880 visual tokens plus 48 row newlines, ``budget`` per image) and a
+Qwen2.5-VL-7B-shaped model (``--qwen-budgets``; a 1,280 x 720 image at its native resolution:
+1,196 visual tokens, 3-D rotary positions kept).
 
 The weights are random (latency does not depend on them), built locally: the CLIP
 ViT-L/14-336 tower, the 1024 -> 4096 -> 4096 projector and a Vicuna-7B decoder (hidden 4096,
-MLP 11008, 32 heads, vocabulary 32064). On a GPU the full depth runs in float16; on a CPU the
-default keeps 2 decoder and 2 vision layers (every width real) and says so in the table.
+MLP 11008, 32 heads, vocabulary 32064); for Qwen2.5-VL its 32-layer windowed ViT, 2x2 merger and
+Qwen2.5-7B decoder (hidden 3584, MLP 18944, 28 heads over 4 key/value heads, vocabulary 152064).
+On a GPU the full depth runs in float16; on a CPU the default keeps 2 decoder and 2 vision layers
+(every width real) and says so in the table.
 
     python benchmarks/bench_llava_prefill.py                      # writes benchmarks/LATENCY.md + PNG
     python benchmarks/bench_llava_prefill.py --text-layers 32 --vision-layers 24 --batch-sizes 1 8
@@ -27,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers.generation.streamers import BaseStreamer
 
@@ -34,6 +39,7 @@ import svdprune
 import svdprune_cuda
 from common import machine_description
 from svdprune import llava
+from svdprune.integrations import adapter_for
 from svdprune.testing import images
 from svdprune.testing.measure import SELECTIONS, median_seconds
 
@@ -45,13 +51,19 @@ VOCAB = 32064
 # llava-hf/llava-v1.6-vicuna-7b-hf's anyres grids; a 672 x 672 image uses the 2 x 2 one.
 NEXT_GRIDS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 NEXT_PLACEHOLDERS = 5 * 576 + 48  # base view, four tiles, a newline after each of the 48 grid rows
-
+# Qwen/Qwen2.5-VL-7B-Instruct's special tokens, and the image size its row is measured at.
+QWEN_IMAGE_TOKEN_ID, QWEN_VISION_START, QWEN_VISION_END, QWEN_VOCAB = 151655, 151652, 151653, 152064
+QWEN_IMAGE_SIZE = (720, 1280)  # height, width: resized to 728 x 1288 px, 52 x 92 patches,
+QWEN_TOKENS = 1196  # 26 x 46 merged tokens
 
 
 def build_model(text_layers: int, vision_layers: int, device: torch.device, dtype: torch.dtype, family: str = "llava-1.5"):
     """A LLaVA-1.5-7B-shaped ``LlavaForConditionalGeneration`` with random weights, or with
     ``family="llava-next"`` a LLaVA-NeXT-7B-shaped ``LlavaNextForConditionalGeneration`` (the
-    same tower, projector and decoder; llava-v1.6-vicuna-7b's anyres grids)."""
+    same tower, projector and decoder; llava-v1.6-vicuna-7b's anyres grids), or with
+    ``family="qwen2.5-vl"`` a Qwen2.5-VL-7B-shaped ``Qwen2_5_VLForConditionalGeneration``."""
+    if family == "qwen2.5-vl":
+        return _initialise(*_qwen_model_class_and_config(text_layers, vision_layers), device, dtype)
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -78,18 +90,49 @@ def build_model(text_layers: int, vision_layers: int, device: torch.device, dtyp
         model_class, config = LlavaNextForConditionalGeneration, LlavaNextConfig(image_grid_pinpoints=NEXT_GRIDS, **common)
     else:
         model_class, config = LlavaForConditionalGeneration, LlavaConfig(**common)
+    return _initialise(model_class, config, device, dtype)
+
+
+def _qwen_model_class_and_config(text_layers: int, vision_layers: int):
+    """Qwen/Qwen2.5-VL-7B-Instruct's config at the given depths (its tower's global-attention
+    blocks, 7, 15, 23 and 31, kept where they exist, else the last block)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    full_attention = [i for i in (7, 15, 23, 31) if i < vision_layers] or [vision_layers - 1]
+    vision = dict(
+        depth=vision_layers, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+        patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+        fullatt_block_indexes=full_attention, tokens_per_second=2, hidden_act="silu",
+    )
+    text = dict(
+        vocab_size=QWEN_VOCAB, hidden_size=3584, intermediate_size=18944, num_hidden_layers=text_layers,
+        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]},
+        tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=QWEN_IMAGE_TOKEN_ID, video_token_id=151656,
+        vision_start_token_id=QWEN_VISION_START, vision_end_token_id=QWEN_VISION_END, tie_word_embeddings=False,
+    )
+    return Qwen2_5_VLForConditionalGeneration, config
+
+
+def _initialise(model_class, config, device: torch.device, dtype: torch.dtype):
     torch.manual_seed(0)
     with torch.device(device):  # initialise in place: a 7B model initialises in seconds on a GPU
         model = model_class(config)
     model = model.to(dtype).eval()
-    model.generation_config.pad_token_id = 0
+    model.generation_config.pad_token_id = config.get_text_config().pad_token_id
     model.generation_config.eos_token_id = None  # never stop early: every run decodes the same length
     return model
 
 
 def make_inputs(batch: int, text_tokens: int, device, dtype, family: str = "llava-1.5") -> dict:
     """``batch`` photos and prompts of ``text_tokens`` random text tokens around the image's
-    placeholders (576; LLaVA-NeXT: the photo taken as 672 x 672, base view and 2 x 2 tiles)."""
+    placeholders (576; LLaVA-NeXT: the photo taken as 672 x 672, base view and 2 x 2 tiles;
+    Qwen2.5-VL: the photo taken as 1,280 x 720 at its native resolution)."""
+    if family == "qwen2.5-vl":
+        return _qwen_inputs(batch, text_tokens, device, dtype)
     names = images.photo_names()
     pictures = images.load_photos([names[i % len(names)] for i in range(batch)])
     pixels = torch.stack([images.clip_pixels(pictures[names[i % len(names)]]) for i in range(batch)])
@@ -113,6 +156,46 @@ def make_inputs(batch: int, text_tokens: int, device, dtype, family: str = "llav
         "pixel_values": pixels.to(device, dtype),
         **extra,
     }
+
+
+def _qwen_inputs(batch: int, text_tokens: int, device, dtype) -> dict:
+    from PIL import Image
+
+    from svdprune.testing import models as tiny_models
+
+    # The tiny test processor has Qwen2.5-VL's real image geometry (14 px patches, 2x2 merge).
+    image_processor = tiny_models.build_qwen_processor("qwen2_5_vl", max_tokens=16384).image_processor
+    names = images.photo_names()
+    height, width = QWEN_IMAGE_SIZE
+    pictures = images.load_photos([names[i % len(names)] for i in range(batch)])
+    photos = [np.asarray(Image.fromarray(pictures[names[i % len(names)]]).resize((width, height))) for i in range(batch)]
+    vision = image_processor(images=photos, return_tensors="pt")
+    placeholders = int(vision["image_grid_thw"][0].prod()) // 4
+    generator = torch.Generator().manual_seed(0)
+    before = text_tokens // 2
+    text = torch.randint(0, 151000, (batch, text_tokens), generator=generator)
+    image = torch.cat([
+        torch.full((batch, 1), QWEN_VISION_START), torch.full((batch, placeholders), QWEN_IMAGE_TOKEN_ID),
+        torch.full((batch, 1), QWEN_VISION_END),
+    ], dim=1)
+    input_ids = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values": vision["pixel_values"].to(device, dtype),
+        "image_grid_thw": vision["image_grid_thw"].to(device),
+    }
+
+
+def visual_features(model, inputs: dict, family: str) -> torch.Tensor:
+    """``[batch, tokens, 4096 or 3584]``: the projector output the selection scores, per image."""
+    batch = inputs["input_ids"].shape[0]
+    if family == "qwen2.5-vl":
+        visuals = adapter_for(model).visuals(dict(inputs), "projector", "image")[0][2]
+        return torch.stack([visual.scored for visual in visuals])
+    crops = inputs["pixel_values"].flatten(0, -4)  # LLaVA-NeXT: [batch * 5, 3, 336, 336]
+    features = llava.selection_features(model, crops)  # [crops, 576, 4096]
+    return features.view(batch, -1, features.shape[-1])
 
 
 class TokenClock(BaseStreamer):
@@ -158,12 +241,12 @@ def measure(model, args, device, dtype, family: str, full: int, budgets, batch_s
     rows = []
     for batch in batch_sizes:
         inputs = make_inputs(batch, args.text_tokens, device, dtype, family)
-        crops = inputs["pixel_values"].flatten(0, -4)  # LLaVA-NeXT: [batch * 5, 3, 336, 336]
 
         def encode():
-            return llava.selection_features(model, crops).view(batch, full, -1)  # [B, 576 or 2880, 4096]
+            return visual_features(model, inputs, family)
 
         features = encode()
+        assert features.shape[1] == full, (family, features.shape)
         vision = median_seconds(encode, args.repeats, device)
         for budget in [full, *budgets]:
             row = {"batch": batch, "budget": budget, "vision": vision}
@@ -196,12 +279,18 @@ def run(args) -> dict:
              f"{str(dtype).removeprefix('torch.')}")
     model = build_model(text_layers, vision_layers, device, dtype)
     rows = measure(model, args, device, dtype, "llava-1.5", 576, args.budgets, args.batch_sizes)
-    result = {"rows": rows, "label": f"LLaVA-1.5-7B-shaped, {depth}", "device": device, "next": None}
+    result = {"rows": rows, "label": f"LLaVA-1.5-7B-shaped, {depth}", "device": device, "next": None, "qwen": None}
     if args.next_budgets:
         del model
         model = build_model(text_layers, vision_layers, device, dtype, "llava-next")
         next_rows = measure(model, args, device, dtype, "llava-next", 2880, args.next_budgets, args.batch_sizes[:1])
         result["next"] = {"rows": next_rows, "label": f"LLaVA-NeXT-7B-shaped, {depth}"}
+    if args.qwen_budgets:
+        del model
+        model = build_model(text_layers, vision_layers, device, dtype, "qwen2.5-vl")
+        qwen_depth = depth.replace("/32 decoder", "/28 decoder").replace("/24 vision", "/32 vision")
+        qwen_rows = measure(model, args, device, dtype, "qwen2.5-vl", QWEN_TOKENS, args.qwen_budgets, args.batch_sizes[:1])
+        result["qwen"] = {"rows": qwen_rows, "label": f"Qwen2.5-VL-7B-shaped, {qwen_depth}"}
     return result
 
 
@@ -212,7 +301,7 @@ def _rate(row: dict) -> str:
 def markdown(result: dict, args, plot_name: str) -> str:
     methods = args.methods
     lines = [
-        "# End-to-end latency of LLaVA-1.5 and LLaVA-NeXT with SVD-Prune",
+        "# End-to-end latency of LLaVA-1.5, LLaVA-NeXT and Qwen2.5-VL with SVD-Prune",
         "",
         f"Generated by `python benchmarks/bench_llava_prefill.py`. Machine: {machine_description()}.",
         f"Model: {result['label']}. Prompt: {args.text_tokens} text tokens + 576 image placeholders; "
@@ -236,6 +325,19 @@ def markdown(result: dict, args, plot_name: str) -> str:
             "",
             *header,
             *_table_rows(result["next"]["rows"], methods),
+            "",
+        ]
+    if result["qwen"] is not None:
+        lines += [
+            "## Qwen2.5-VL",
+            "",
+            f"Model: {result['qwen']['label']}. Prompt: {args.text_tokens} text tokens + one 1,280 x 720 image at its "
+            f"native resolution (resized to 1,288 x 728 px: 92 x 52 patches of 14 px, merged 2 x 2 into {QWEN_TOKENS:,} "
+            "visual tokens); K per image; every kept token keeps its 3-D rotary position (`positions=\"keep\"`); "
+            f"selection on the image's [{QWEN_TOKENS}, 3584] merger output.",
+            "",
+            *header,
+            *_table_rows(result["qwen"]["rows"], methods),
             "",
         ]
     return "\n".join(lines)
@@ -290,6 +392,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64, 32, 16])
     parser.add_argument("--next-budgets", type=int, nargs="*", default=[640, 320, 160],
                         help="LLaVA-NeXT budgets per image, of 2,880 tokens (none: skip LLaVA-NeXT)")
+    parser.add_argument("--qwen-budgets", type=int, nargs="*", default=[256, 128, 64],
+                        help=f"Qwen2.5-VL budgets per image, of {QWEN_TOKENS:,} tokens (none: skip Qwen2.5-VL)")
     parser.add_argument("--methods", nargs="+", choices=list(SELECTIONS), default=list(SELECTIONS),
                         help="selections timed (pivoted = exact basis, strategy='pivoted')")
     parser.add_argument("--ttft-method", default="exact", help="selection method inside the TTFT runs")

@@ -71,3 +71,22 @@ def test_first_token_only_has_no_decode_rate():
     assert ttft > 0 and rate > 0
     row = {"batch": 1, "budget": 576, "vision": 0.1, "ttft": ttft, "decode tokens/s": None}
     assert bench._rate(row) == "-"
+
+
+def test_qwen_inputs_hold_one_image_at_its_native_resolution():
+    inputs = bench.make_inputs(2, 8, torch.device("cpu"), torch.float32, "qwen2.5-vl")
+    assert torch.equal(inputs["image_grid_thw"], torch.tensor([[1, 52, 92]] * 2))
+    assert inputs["pixel_values"].shape == (2 * 52 * 92, 3 * 2 * 14 * 14)
+    ids = inputs["input_ids"][0]
+    assert inputs["input_ids"].shape == (2, 8 + 2 + bench.QWEN_TOKENS)
+    start = int((ids == bench.QWEN_VISION_START).nonzero())
+    assert ids[start + 1 + bench.QWEN_TOKENS] == bench.QWEN_VISION_END
+    assert torch.equal(ids[start + 1 : start + 1 + bench.QWEN_TOKENS], torch.full((bench.QWEN_TOKENS,), bench.QWEN_IMAGE_TOKEN_ID))
+
+
+def test_qwen_config_is_the_7b_one_at_the_asked_depth():
+    _, config = bench._qwen_model_class_and_config(2, 10)
+    text, vision = config.get_text_config(), config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads, text.vocab_size) == (3584, 2, 4, 152064)
+    assert (vision.depth, vision.fullatt_block_indexes, vision.out_hidden_size) == (10, [7], 3584)
+    assert config.image_token_id == bench.QWEN_IMAGE_TOKEN_ID
