@@ -7,21 +7,22 @@
 #
 #   bash scripts/gpu_check.sh OUT_DIR
 #   bash scripts/gpu_check.sh --dry-run    # lists the steps, runs nothing
+#   PY=python3 STEP_TIMEOUT=300 bash scripts/gpu_check.sh OUT_DIR   # another Python; seconds per step
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}  # another Python with torch, e.g. a GPU machine's own
 SANITIZED="tests/test_cuda.py::test_rank_follows_variance tests/test_cuda.py::test_many_tokens"
 
 STEPS=(
-  "build|CUDA_HOME=\${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\$ARCH MAX_JOBS=8 $PY -m pip install -q --no-build-isolation --no-deps -e ."
+  "build|CUDA_HOME=\${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\$ARCH MAX_JOBS=\$(nproc) $PY -m pip install -q --no-build-isolation --no-deps -e ."
   "info|$PY -m svdprune_cuda.info"
   "cuda-tests|$PY -m pytest -q tests/test_cuda.py"
   "cuda-op-tests|$PY -m pytest -q tests/test_ops.py tests/test_pivoted.py tests/test_properties.py tests/test_autograd.py tests/test_concurrency.py -k 'cuda and not cuda_on_host'"
+  "benchmark|$PY -m pytest -q benchmarks/bench_select_cuda.py --benchmark-json=\$OUT/bench_select_cuda.json"
+  "memory|$PY benchmarks/bench_memory.py --device cuda > \$OUT/memory.md"
   "memcheck|compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
   "racecheck|compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
   "synccheck|compute-sanitizer --tool synccheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
-  "benchmark|$PY -m pytest -q benchmarks/bench_select_cuda.py --benchmark-json=\$OUT/bench_select_cuda.json"
-  "memory|$PY benchmarks/bench_memory.py --device cuda > \$OUT/memory.md"
 )
 
 if [ "${1:-}" = "--dry-run" ]; then
@@ -41,7 +42,7 @@ status=0
 for step in "${STEPS[@]}"; do
   name=${step%%|*}
   start=$(date +%s.%N)
-  timeout 1800 bash -c "${step#*|}" > "$OUT/$name.log" 2>&1
+  timeout "${STEP_TIMEOUT:-1800}" bash -c "${step#*|}" > "$OUT/$name.log" 2>&1
   rc=$?
   seconds=$(echo "$(date +%s.%N) - $start" | bc)
   printf '%s\t%s\t%.1f\n' "$name" "$rc" "$seconds" >> "$OUT/steps.tsv"
