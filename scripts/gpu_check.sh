@@ -41,10 +41,11 @@ export OUT ARCH
 status=0
 for step in "${STEPS[@]}"; do
   name=${step%%|*}
-  start=$(date +%s.%N)
+  start=$(date +%s%N)
   timeout "${STEP_TIMEOUT:-1800}" bash -c "${step#*|}" > "$OUT/$name.log" 2>&1
   rc=$?
-  seconds=$(echo "$(date +%s.%N) - $start" | bc)
+  milliseconds=$(( ($(date +%s%N) - start) / 1000000 ))  # shell arithmetic: GPU machines may lack bc
+  seconds=$(printf %d.%03d $((milliseconds / 1000)) $((milliseconds % 1000)))
   printf '%s\t%s\t%.1f\n' "$name" "$rc" "$seconds" >> "$OUT/steps.tsv"
   echo "gpu_check: $name: $([ $rc -eq 0 ] && echo pass || echo "FAIL ($rc)") in ${seconds%.*} s"
   [ $rc -eq 0 ] || status=1
