@@ -119,33 +119,29 @@ __device__ inline T from_double(double v) {
 // ---------------------------------------------------------------------------------------
 // Kernels
 
-// parts[b * kEnergyParts + p] = sum of squares of part p of image b.
-template <typename T>
-__global__ void energy_kernel(const T* x, int64_t elements, double* parts) {
-  const int64_t chunk = (elements + kEnergyParts - 1) / kEnergyParts;
-  const int64_t begin = blockIdx.y * chunk;
-  const int64_t end = min64(begin + chunk, elements);
-  const T* image = x + static_cast<int64_t>(blockIdx.x) * elements;
-  double sum = 0.0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const double v = to_double(image[i]);
-    sum += v * v;
-  }
-  sum = block_reduce(sum, Sum{}, 0.0);
-  if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = sum;
-}
+// Reductions over every entry of an image, each split into kEnergyParts parts (see
+// reduce_parts): the sum of squares, ‖X‖_F², and the largest |entry| (NaN entries left out, as
+// fmax does).
+struct SquareSum : Sum {
+  static constexpr double kIdentity = 0.0;
+  __device__ double entry(double v) const { return v * v; }
+};
+struct LargestMagnitude : Max {
+  static constexpr double kIdentity = 0.0;
+  __device__ double entry(double v) const { return fabs(v); }
+};
 
-// parts[b * kEnergyParts + p] = largest |entry| of part p of image b (NaN entries left out).
-template <typename T>
-__global__ void largest_kernel(const T* x, int64_t elements, double* parts) {
+// parts[b * kEnergyParts + p] = `reduction` of part p of image b.
+template <typename T, typename Reduction>
+__global__ void parts_kernel(const T* x, int64_t elements, Reduction reduction, double* parts) {
   const int64_t chunk = (elements + kEnergyParts - 1) / kEnergyParts;
   const int64_t begin = blockIdx.y * chunk;
   const int64_t end = min64(begin + chunk, elements);
   const T* image = x + static_cast<int64_t>(blockIdx.x) * elements;
-  double largest = 0.0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) largest = fmax(largest, fabs(to_double(image[i])));
-  largest = block_reduce(largest, Max{}, 0.0);
-  if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = largest;
+  double value = Reduction::kIdentity;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) value = reduction(value, reduction.entry(to_double(image[i])));
+  value = block_reduce(value, reduction, Reduction::kIdentity);
+  if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = value;
 }
 
 // The power of two, 2^shift, by which rescale_kernel multiplies `image`: shift = -ilogb of its
@@ -445,32 +441,27 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   finish(ctx, f, ritz_values, width, width, y, info, energy_parts, variance, slack, out);
 }
 
+// parts [batch, kEnergyParts] of `reduction` over each image of the features, whatever their dtype.
+template <typename Reduction>
+void reduce_parts(const Context& ctx, const Features& f, Reduction reduction, double* parts) {
+  const dim3 grid(static_cast<unsigned>(f.batch), kEnergyParts);
+  const int64_t elements = f.n * f.d;
+  auto run = [&](auto* x) { launch(parts_kernel<std::remove_const_t<std::remove_pointer_t<decltype(x)>>, Reduction>,
+                                   grid, kThreads, 0, ctx.stream, x, elements, reduction, parts); };
+  switch (f.dtype) {
+    case DType::Half: run(static_cast<const __half*>(f.data)); break;
+    case DType::BFloat16: run(static_cast<const __nv_bfloat16*>(f.data)); break;
+    case DType::Float: run(static_cast<const float*>(f.data)); break;
+    case DType::Double: run(static_cast<const double*>(f.data)); break;
+  }
+  SVDPRUNE_CHECK_LAUNCH("parts_kernel");
+}
+
 template <typename scalar_t>
 void leverage_typed(const Context& ctx, const Features& f, double variance, double slack, int64_t width,
                     uint64_t seed, const Outputs<scalar_t>& out) {
   double* energy_parts = allocate<double>(ctx, f.batch * kEnergyParts);
-  const dim3 grid(static_cast<unsigned>(f.batch), kEnergyParts);
-  const int64_t elements = f.n * f.d;
-  switch (f.dtype) {
-    case DType::Half:
-      launch(energy_kernel<__half>, grid, kThreads, 0, ctx.stream, static_cast<const __half*>(f.data), elements,
-             energy_parts);
-      break;
-    case DType::BFloat16:
-      launch(energy_kernel<__nv_bfloat16>, grid, kThreads, 0, ctx.stream, static_cast<const __nv_bfloat16*>(f.data), elements,
-             energy_parts);
-      break;
-    case DType::Float:
-      launch(energy_kernel<float>, grid, kThreads, 0, ctx.stream, static_cast<const float*>(f.data), elements,
-             energy_parts);
-      break;
-    case DType::Double:
-      launch(energy_kernel<double>, grid, kThreads, 0, ctx.stream, static_cast<const double*>(f.data), elements,
-             energy_parts);
-      break;
-  }
-  SVDPRUNE_CHECK_LAUNCH("energy_kernel");
-
+  reduce_parts(ctx, f, SquareSum{}, energy_parts);
   const int64_t m = std::min(f.n, f.d);
   scalar_t* g = allocate<scalar_t>(ctx, f.batch * m * m);
   gram(ctx, f, g);
@@ -483,13 +474,11 @@ void leverage_typed(const Context& ctx, const Features& f, double variance, doub
 
 template <typename T>
 void rescale_typed(const Context& ctx, const Features& f, int safe_exponent, T* out) {
-  const T* x = static_cast<const T*>(f.data);
   double* largest_parts = allocate<double>(ctx, f.batch * kEnergyParts);
+  reduce_parts(ctx, f, LargestMagnitude{}, largest_parts);
   const dim3 grid(static_cast<unsigned>(f.batch), kEnergyParts);
-  launch(largest_kernel<T>, grid, kThreads, 0, ctx.stream, x, f.n * f.d, largest_parts);
-  SVDPRUNE_CHECK_LAUNCH("largest_kernel");
-  launch(rescale_kernel<T>, grid, kThreads, 0, ctx.stream, x, f.n * f.d, static_cast<const double*>(largest_parts),
-         safe_exponent, out);
+  launch(rescale_kernel<T>, grid, kThreads, 0, ctx.stream, static_cast<const T*>(f.data), f.n * f.d,
+         static_cast<const double*>(largest_parts), safe_exponent, out);
   SVDPRUNE_CHECK_LAUNCH("rescale_kernel");
 }
 

@@ -73,6 +73,25 @@ __device__ int64_t warp_rank(const scalar_t* values, int64_t count, double total
   return first < count && first < resolvable ? first + 1 : count;
 }
 
+// What the first warp of an image's block works out before anything else, the same in every
+// lane: ‖X‖_F², whether the image can be analysed at all (energy_fits, and the eigensolver
+// succeeded) and its rank (warp_rank).
+struct ImageCut {
+  double total;
+  bool valid;
+  int64_t rank;
+};
+
+template <typename scalar_t>
+__device__ ImageCut warp_image_cut(const scalar_t* values, int64_t count, const double* energy_parts,
+                                   int energy_parts_per_image, const int* info, int64_t image, double variance,
+                                   double slack, int64_t resolvable) {
+  double total = threadIdx.x == 0 ? image_energy(energy_parts, energy_parts_per_image, image) : 0.0;
+  total = __shfl_sync(kFullMask, total, 0);
+  const bool valid = energy_fits<scalar_t>(total) && info[image] == 0;
+  return {total, valid, warp_rank(values, count, total, valid, variance, slack, resolvable)};
+}
+
 // Left singular vectors of one image per block from `vectors` = X V (rows × count, column-major,
 // one column per eigenvalue in ascending order, so the leading direction is the last column):
 // the leading `columns` = max(rank, max_pivots) of them, from the largest eigenvalue down (rank as
@@ -99,12 +118,11 @@ __global__ void left_basis_kernel(const scalar_t* values, int64_t count, scalar_
   __shared__ int64_t shared_columns, shared_kept;
   __shared__ double warp_sums[32];
   if (threadIdx.x < 32) {
-    double total = threadIdx.x == 0 ? image_energy(energy_parts, energy_parts_per_image, image) : 0.0;
-    total = __shfl_sync(kFullMask, total, 0);
-    const bool valid = energy_fits<scalar_t>(total) && info[image] == 0;
-    const int64_t k = warp_rank(image_values, count, total, valid, variance, slack, resolvable);
+    const ImageCut cut = warp_image_cut(image_values, count, energy_parts, energy_parts_per_image, info, image,
+                                        variance, slack, resolvable);
     if (threadIdx.x == 0) {
-      const int64_t columns = valid && total > 0.0 ? min64(k > max_pivots ? k : max_pivots, count) : 0;
+      const int64_t wanted = cut.rank > max_pivots ? cut.rank : max_pivots;
+      const int64_t columns = cut.valid && cut.total > 0.0 ? min64(wanted, count) : 0;
       const double floor = static_cast<double>(image_values[count - 1]) * slack;
       int64_t kept = 0;
       while (kept < columns && static_cast<double>(image_values[count - 1 - kept]) > floor) ++kept;
@@ -166,13 +184,11 @@ __global__ void rank_leverage_kernel(const scalar_t* values, int64_t count, cons
   __shared__ int64_t shared_rank;
   __shared__ bool shared_valid;
   if (threadIdx.x < 32) {
-    double total = threadIdx.x == 0 ? image_energy(energy_parts, energy_parts_per_image, image) : 0.0;
-    total = __shfl_sync(kFullMask, total, 0);
-    const bool valid = energy_fits<scalar_t>(total) && info[image] == 0;
-    const int64_t k = warp_rank(image_values, count, total, valid, variance, slack, resolvable);
+    const ImageCut cut = warp_image_cut(image_values, count, energy_parts, energy_parts_per_image, info, image,
+                                        variance, slack, resolvable);
     if (threadIdx.x == 0) {
-      shared_rank = k;
-      shared_valid = valid;
+      shared_rank = cut.rank;
+      shared_valid = cut.valid;
     }
   }
   __syncthreads();
