@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with a CUDA GPU, builds the extension for that GPU, runs every
-# CUDA test, runs compute-sanitizer (memcheck, racecheck, synccheck) on a few of them, runs the
-# CUDA benchmark and the memory measurement, and writes one report into OUT_DIR: report.md and report.json (GPU, versions,
-# pass/fail and seconds per step) plus each step's log and the benchmark's JSON. About 8
-# minutes on an H100. Without a GPU it says so and exits 1; it exits 1 too when a step fails.
+# The GPU check: on a machine with a CUDA GPU, builds the extension for that GPU, records the
+# toolchain, runs every CUDA test, runs the CUDA benchmark (a shorter grid) and the memory
+# measurement, then compute-sanitizer (memcheck, racecheck, synccheck) on a few tests, and writes
+# one report into OUT_DIR: report.md and report.json (GPU, versions, pass/fail and seconds per
+# step) plus each step's log and the benchmark's JSON. Test steps run in pytest-xdist workers, so
+# a test that crashes its process fails alone. Meant to take under 8 minutes on an H100. Without
+# a GPU it says so and exits 1; it exits 1 too when a step fails.
 #
 #   bash scripts/gpu_check.sh OUT_DIR
 #   bash scripts/gpu_check.sh --dry-run    # lists the steps, runs nothing
@@ -12,13 +14,18 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PY:-.venv/bin/python}  # another Python with torch, e.g. a GPU machine's own
 SANITIZED="tests/test_cuda.py::test_rank_follows_variance tests/test_cuda.py::test_many_tokens"
+ERROR_TESTS="tests/test_ops.py::test_bad_input_raises_a_clear_error tests/test_cuda.py::test_bad_input_raises_a_clear_error"
+BENCHMARK_GRID="not (B8 or (B64 and (linalg or cupy)))"  # the full grid: without -k
 
 STEPS=(
   "build|CUDA_HOME=\${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=\$ARCH MAX_JOBS=\$(nproc) $PY -m pip install -q --no-build-isolation --no-deps -e ."
   "info|$PY -m svdprune_cuda.info"
-  "cuda-tests|$PY -m pytest -q tests/test_cuda.py"
-  "cuda-op-tests|$PY -m pytest -q tests/test_ops.py tests/test_pivoted.py tests/test_properties.py tests/test_autograd.py tests/test_concurrency.py -k 'cuda and not cuda_on_host'"
-  "benchmark|$PY -m pytest -q benchmarks/bench_select_cuda.py --benchmark-json=\$OUT/bench_select_cuda.json"
+  "toolchain|c++ --version | head -1; $PY -c 'import torch; print(torch.__config__.show())'; ldd svdprune_cuda/_C.abi3.so; echo 'C++ runtime symbols the library defines itself:'; nm -DC --defined-only svdprune_cuda/_C.abi3.so | grep -E ' std::(basic_ostream|basic_ios|__cxx11::basic_ostringstream|locale|num_put)' | head -20"
+  # Which library serves the ostream insertion an error message is formatted with, for both devices.
+  "error-path|LD_DEBUG=bindings LD_DEBUG_OUTPUT=/tmp/svdprune-ld $PY -m pytest -q -p no:cacheprovider -n 2 $ERROR_TESTS; rc=\$?; grep -h 'M_insertIl' /tmp/svdprune-ld.* | sed 's/^[[:space:]]*[0-9]*:[[:space:]]*//' | sort | uniq -c; rm -f /tmp/svdprune-ld.*; exit \$rc"
+  "cuda-tests|$PY -m pytest -q -n 4 tests/test_cuda.py"
+  "cuda-op-tests|$PY -m pytest -q -n 4 tests/test_ops.py tests/test_pivoted.py tests/test_properties.py tests/test_autograd.py tests/test_concurrency.py -k 'cuda and not cuda_on_host'"
+  "benchmark|$PY -m pytest -q benchmarks/bench_select_cuda.py -k '$BENCHMARK_GRID' --benchmark-json=\$OUT/bench_select_cuda.json"
   "memory|$PY benchmarks/bench_memory.py --device cuda > \$OUT/memory.md"
   "memcheck|compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
   "racecheck|compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider $SANITIZED"
