@@ -246,8 +246,8 @@ def test_randomized_is_deterministic_and_per_image(device):
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert torch.equal(first[1], swapped[1].flip(0)) and torch.equal(first[1], other_seed[1])
     assert first[1].tolist() == reference.leverage(x, 0.9)[1].tolist() == [3, 3]
-    # Batched GEMMs may round an image differently at another batch position.
-    torch.testing.assert_close(first[0], swapped[0].flip(0), atol=1e-6, rtol=0)
+    # cuBLAS's batched GEMMs may round an image differently at another batch position.
+    torch.testing.assert_close(first[0], swapped[0].flip(0), atol=1e-6 if device == "cuda" else 0.0, rtol=0)
     torch.testing.assert_close(first[0], other_seed[0], atol=1e-5, rtol=0)
 
 
