@@ -23,44 +23,40 @@ def read_png(path):
     return imread(path)
 
 
-@pytest.mark.slow
-def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
-    out = tmp_path / "kept.png"
-    assert main(["demo", "--out", str(out), "--budgets", "16", "--repeats", "1"]) == 0
+def run_demo(tmp_path, capsys, *args, methods=("exact ", "randomized ")):
+    """The random-weight demo at budget 16 with one repeat: what it printed, the (method, kept)
+    rows of its table whose lines start with one of `methods`, and the PNG it wrote."""
+    out = tmp_path / "demo.png"
+    assert main(["demo", *args, "--budgets", "16", "--repeats", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in printed
+    lines = [line.split() for line in printed.splitlines() if line.startswith(methods)]
+    return printed, [(row[0], int(row[1])) for row in lines], read_png(out)
+
+
+@pytest.mark.slow
+def test_demo_prints_the_table_and_writes_the_png(tmp_path, capsys):
+    printed, table, image = run_demo(tmp_path, capsys)
     assert "576 visual tokens" in printed
-    table = [line.split() for line in printed.splitlines() if line.startswith(("exact ", "randomized "))]
-    assert [(row[0], int(row[1])) for row in table] == [("exact", 16), ("randomized", 16)]
-    image = read_png(out)
+    assert table == [("exact", 16), ("randomized", 16)]
     assert image.shape[0] > 300 and image.shape[1] > 600
 
 
 @pytest.mark.slow
 def test_llava_next_demo_draws_the_base_view_and_every_tile(tmp_path, capsys):
-    out = tmp_path / "tiles.png"
-    args = ["demo", "--family", "llava-next", "--tile-size", "112", "--budgets", "16", "--repeats", "1"]
-    assert main([*args, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "RANDOM WEIGHTS" in printed
+    printed, table, image = run_demo(
+        tmp_path, capsys, "--family", "llava-next", "--tile-size", "112", methods=("exact ", "pivoted  ")
+    )
     assert "base view + 4 tiles of 112 px -> 320 visual tokens + 16 row newlines" in printed
-    table = [line.split() for line in printed.splitlines() if line.startswith(("exact ", "pivoted  "))]
-    assert [(row[0], int(row[1])) for row in table] == [("exact", 16), ("pivoted", 16)]
-    image = read_png(out)
+    assert table == [("exact", 16), ("pivoted", 16)]
     assert image.shape[1] > 4 * image.shape[0] / 3  # five crops side by side, three rows
 
 
 @pytest.mark.slow
 def test_qwen_demo_draws_the_merged_tokens_at_the_photos_resolution(tmp_path, capsys):
-    out = tmp_path / "qwen.png"
-    args = ["demo", "--family", "qwen2.5-vl", "--image", "coffee", "--budgets", "16", "--repeats", "1"]
-    assert main([*args, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "RANDOM WEIGHTS" in printed
+    printed, table, image = run_demo(tmp_path, capsys, "--family", "qwen2.5-vl", "--image", "coffee")
     assert "600x400 px -> 588x392 px -> 294 visual tokens (14x21 merged tokens of 28 px)" in printed
-    table = [line.split() for line in printed.splitlines() if line.startswith(("exact ", "randomized "))]
-    assert [(row[0], int(row[1])) for row in table] == [("exact", 16), ("randomized", 16)]
-    image = read_png(out)
+    assert table == [("exact", 16), ("randomized", 16)]
     assert image.shape[1] > image.shape[0] / 2
 
 
