@@ -17,8 +17,12 @@ CPU_SOURCES = ("csrc/ops.cpp", "csrc/cpu/*.cpp")
 CUDA_SOURCES = ("csrc/cuda/*.cpp", "csrc/cuda/*.cu")
 CXX_FLAGS = ("-O3",)
 # No --use_fast_math: the pivot kernel's 1/sqrt must match the CPU's bit for bit, and the
-# kernels are latency-bound, so fast math would buy nothing.
-CUDA_FLAGS = ("-O3", "-lineinfo")
+# kernels are latency-bound, so fast math would buy nothing. -fmad=false for the same reason:
+# nvcc would contract a * b + c into one fused multiply-add, rounded once, where the CPU and the
+# host build round the product and the sum apart, so near-ties (near-duplicate tokens) could pick
+# other tokens on the GPU. The math library's own functions (log, sincos: the Gaussian sketch)
+# keep their fused operations; the project's kernels have none (tests/test_cuda_arithmetic.py).
+CUDA_FLAGS = ("-O3", "-lineinfo", "-fmad=false")
 # The library uses the stable ABI of CPython 3.10+ only (no pybind11, no libtorch_python),
 # so one build serves every Python version; torch's setup.py helpers add the same define.
 LIMITED_API = "0x030A0000"

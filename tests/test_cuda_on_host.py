@@ -277,6 +277,57 @@ def test_randomized_reports_an_unresolved_rank_as_the_sketch_width_and_auto_is_e
     assert cuda_on_host.leverage(y, 0.9, "randomized")[1].item() == reference.leverage(y)[1].item() == 3
 
 
+@pytest.mark.parametrize("dtype,largest", [(torch.float32, 2048), (torch.float64, 1024)])
+def test_the_largest_n_follows_the_devices_shared_memory(host, dtype, largest):
+    # With 16 KiB of shared memory a block (plus the 1 KiB kept for static shared memory), the
+    # sort of an image's scores fits 2,048 float32 or 1,024 float64 scores (with their indices).
+    host.set_shared_memory_per_block(17 * 1024)
+    try:
+        x = torch.randn(1, largest, 8, generator=torch.Generator().manual_seed(0), dtype=dtype)
+        indices, _, _ = cuda_on_host.select(x, 4)
+        assert torch.equal(indices, reference.select(x, 4)[0])
+        too_many = torch.randn(1, largest + 1, 8, dtype=dtype)
+        message = f"N must be at most {largest} for the CUDA selection kernels on this device .*got N={largest + 1}"
+        with pytest.raises(RuntimeError, match=message):
+            cuda_on_host.select(too_many, 4)
+        with pytest.raises(RuntimeError, match=message):
+            cuda_on_host.select_adaptive(too_many)
+    finally:
+        host.set_shared_memory_per_block(232448)
+
+
+def singular_values_matrix(n, d, singular_values, seed=0):
+    """X = U diag(s) Vᵀ with random orthonormal U (n × r) and V (d × r), r = len(s), in float32."""
+    generator = torch.Generator().manual_seed(seed)
+    s = torch.as_tensor(singular_values, dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(n, len(s), generator=generator, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(d, len(s), generator=generator, dtype=torch.float64))[0]
+    return ((u * s) @ v.T).float()
+
+
+@pytest.mark.parametrize("ratio,variance", [(0.9995, 0.25), (0.998, 0.42)])
+def test_a_randomized_rank_without_spare_sketch_columns_is_unresolved(ratio, variance):
+    # Slowly decaying spectra whose exact rank (116, 119) lies just below the 128-column sketch:
+    # the trailing Ritz values run low, so a cut among them would overshoot the exact rank (124,
+    # 122). Ranks within the oversampling margin are reported as unresolved, as the CPU hands
+    # them to the exact solver.
+    x = singular_values_matrix(576, 1024, ratio ** torch.arange(576.0))
+    exact_rank = reference.leverage(x, variance)[1].item()
+    assert 128 - 16 < exact_rank < 128 - 8
+    _, rank = cuda_on_host.leverage(x, variance, "randomized")
+    assert rank.item() == 128
+
+
+def test_a_randomized_rank_within_the_margin_is_exact_when_the_sketch_spans_the_image():
+    # Rank 124 < 128: the sketch spans X's range, its Ritz values are the eigenvalues, and a rank
+    # within the oversampling margin (123 at variance 0.99) is the exact one.
+    x = singular_values_matrix(576, 1024, torch.linspace(1.0, 0.9, 124))
+    scores, rank = cuda_on_host.leverage(x, 0.99, "randomized")
+    expected_scores, expected_rank = reference.leverage(x, 0.99)
+    assert rank.item() == expected_rank.item() > 120
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["exact", "randomized"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_nan_and_inf_images_are_marked_invalid_and_huge_ones_rescaled(method, dtype):

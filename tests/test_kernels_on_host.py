@@ -486,8 +486,9 @@ def test_cholesky_qr_refills_dropped_columns_with_fresh_gaussian_ones(kernels):
 
 
 def test_unresolved_rank_is_reported_as_the_sketch_width(kernels):
-    # A sketch of `count` columns resolves ranks up to `resolvable`; beyond, the rank is `count`.
-    x = designed(100, 150, torch.linspace(1.0, 0.5, 20).tolist()).double()[None]
+    # A sketch of `count` columns resolves ranks up to `resolvable`; beyond, the rank is `count`,
+    # while every eigenvalue carries energy (the noise gives each direction some).
+    x = designed(100, 150, torch.linspace(1.0, 0.5, 20).tolist(), noise=1e-3).double()[None]
     pairs = Eigenpairs(x, torch.float64)
     rank = reference.leverage(x, 0.9)[1].item()
     assert 10 < rank < 20
@@ -495,6 +496,15 @@ def test_unresolved_rank_is_reported_as_the_sketch_width(kernels):
     scores, saturated = pairs.rank_leverage(kernels, 0.9, resolvable=rank - 1)
     assert saturated.item() == pairs.count
     torch.testing.assert_close(scores.sum(), torch.tensor(float(pairs.count), dtype=torch.float64))
+
+
+def test_a_rank_beyond_resolvable_is_kept_when_an_eigenvalue_carries_no_energy(kernels):
+    # A sketch with a direction outside X's range (a zero Ritz value) spans all of it: its
+    # Ritz values are the eigenvalues, so a rank-deficient image keeps its exact rank.
+    x = designed(100, 150, torch.linspace(1.0, 0.5, 20).tolist()).double()[None]
+    pairs = Eigenpairs(x, torch.float64)
+    rank = reference.leverage(x, 0.9)[1].item()
+    assert pairs.rank_leverage(kernels, 0.9, resolvable=rank - 1)[1].item() == rank
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

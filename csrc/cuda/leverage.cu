@@ -46,8 +46,9 @@ namespace {
 // read-back (or without paying the exact solver for every image). Ritz values never exceed the
 // eigenvalues they approximate, so the sketch's rank is never below the exact one: it is exact
 // where the sketch resolves the spectrum, and where its Ritz values do not reach `variance` of
-// the energy before its last column (flat spectra, e.g. noise) the rank is reported as
-// unresolved, rank = the sketch width, with the scores of all the sketch's Ritz vectors. `auto`
+// the energy before its last kOversample columns (flat spectra, e.g. noise; the trailing Ritz
+// values are the least converged, see warp_rank), the rank is reported as unresolved, rank = the
+// sketch width, with the scores of all the sketch's Ritz vectors. `auto`
 // therefore takes the exact path on CUDA (see resolve_method). Widths of at most kOversample
 // take the exact path, as on the CPU.
 constexpr int64_t kInitialSketch = 32;
@@ -438,7 +439,7 @@ void leverage_randomized(const Context& ctx, const Features& f, const scalar_t* 
   eigh_batched(ctx, width, batch, c, ritz_values, info);
   gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, m, width, width, q, type, m, block, c, type, width, width * width, y, type, m,
        block, batch);
-  finish(ctx, f, ritz_values, width, width, y, info, energy_parts, variance, slack, out);
+  finish(ctx, f, ritz_values, width, width - kOversample, y, info, energy_parts, variance, slack, out);
 }
 
 // parts [batch, kEnergyParts] of `reduction` over each image of the features, whatever their dtype.

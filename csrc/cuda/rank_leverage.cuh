@@ -62,15 +62,19 @@ __device__ int64_t first_reaching(const scalar_t* values, int64_t count, double 
 
 // Rank cut of one image, by a whole warp, from its `count` eigenvalues in ascending order: the
 // smallest k whose k largest reach variance · (1 - slack) · `total` (‖X‖_F²), or `count` if they
-// do not or if k exceeds `resolvable` (a sketch of `count` columns only resolves ranks with some
-// columns to spare, so rank = count reports an unresolved rank); 0 for an image of zero energy or
-// one that is not `valid`.
+// do not, or if k exceeds `resolvable` while every eigenvalue carries energy (rank = count reports
+// an unresolved rank); 0 for an image of zero energy or one that is not `valid`. A sketch of
+// `count` columns resolves only ranks with some columns to spare: its trailing Ritz values are
+// the least converged, they run low, and a cut among them overshoots the exact rank. Unless the
+// smallest Ritz value carries no energy (at most slack times the largest): then the sketch holds
+// a direction outside X's range, so it spans all of it and its Ritz values are the eigenvalues.
 template <typename scalar_t>
 __device__ int64_t warp_rank(const scalar_t* values, int64_t count, double total, bool valid, double variance,
                              double slack, int64_t resolvable) {
   if (!valid || !(total > 0.0)) return 0;
   const int64_t first = first_reaching(values, count, variance * total * (1.0 - slack));
-  return first < count && first < resolvable ? first + 1 : count;
+  const bool spans_the_range = static_cast<double>(values[0]) <= slack * static_cast<double>(values[count - 1]);
+  return first < count && (first < resolvable || spans_the_range) ? first + 1 : count;
 }
 
 // What the first warp of an image's block works out before anything else, the same in every
