@@ -38,3 +38,9 @@ def test_library_named_by_environment(tmp_path):
     )
     assert result.returncode != 0 and "svdprune_cuda._C could not be loaded" in result.stderr
     assert str(bogus) in result.stderr
+
+
+def test_reference_imports_as_a_submodule():
+    # A fresh interpreter, so that no earlier import has put the module in sys.modules.
+    code = "import svdprune.reference, svdprune_cuda.reference; assert svdprune.reference is svdprune_cuda.reference"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,10 +8,15 @@ so ``import svdprune`` does not pull in transformers.
 """
 
 import importlib
+import sys
 
 from svdprune_cuda import METHODS, STRATEGIES, __version__, leverage, reference, select, select_adaptive
 
 __all__ = ["__version__", "leverage", "select", "select_adaptive", "reference", "METHODS", "STRATEGIES"]
+
+# `import svdprune.reference` finds the backend's module, so that the documented name is a module
+# and not only an attribute.
+sys.modules[f"{__name__}.reference"] = reference
 
 _SUBMODULES = {"llava", "integrations", "baselines", "flops", "evaluate", "scoring", "demo", "testing", "info"}
 
