@@ -14,6 +14,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 namespace {
 
@@ -112,7 +113,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   });
   // Settings of the backend and of the stand-ins, for tests.
   m.def("set_max_solver_batch", [](int64_t limit) { max_solver_batch = limit; });
-  m.def("set_shared_memory_per_block", [](int bytes) { host_emulation::kSharedMemoryPerBlockOptin = bytes; });
+  m.def("set_shared_memory_per_block",  // returns the previous limit
+        [](int bytes) { return std::exchange(host_emulation::shared_memory_per_block_optin, bytes); });
   m.def("set_max_syev_batch", [](int64_t limit) { host_emulation::max_syev_batch = limit; });
   m.def("set_syev_host_workspace_bytes", [](size_t bytes) { host_emulation::syev_host_workspace_bytes = bytes; });
   m.def("set_capturing", [](bool capturing) { host_emulation::capturing[nullptr] = capturing; });

@@ -281,7 +281,7 @@ def test_randomized_reports_an_unresolved_rank_as_the_sketch_width_and_auto_is_e
 def test_the_largest_n_follows_the_devices_shared_memory(host, dtype, largest):
     # With 16 KiB of shared memory a block (plus the 1 KiB kept for static shared memory), the
     # sort of an image's scores fits 2,048 float32 or 1,024 float64 scores (with their indices).
-    host.set_shared_memory_per_block(17 * 1024)
+    device_limit = host.set_shared_memory_per_block(17 * 1024)
     try:
         x = torch.randn(1, largest, 8, generator=torch.Generator().manual_seed(0), dtype=dtype)
         indices, _, _ = cuda_on_host.select(x, 4)
@@ -293,25 +293,16 @@ def test_the_largest_n_follows_the_devices_shared_memory(host, dtype, largest):
         with pytest.raises(RuntimeError, match=message):
             cuda_on_host.select_adaptive(too_many)
     finally:
-        host.set_shared_memory_per_block(232448)
-
-
-def singular_values_matrix(n, d, singular_values, seed=0):
-    """X = U diag(s) Vᵀ with random orthonormal U (n × r) and V (d × r), r = len(s), in float32."""
-    generator = torch.Generator().manual_seed(seed)
-    s = torch.as_tensor(singular_values, dtype=torch.float64)
-    u = torch.linalg.qr(torch.randn(n, len(s), generator=generator, dtype=torch.float64))[0]
-    v = torch.linalg.qr(torch.randn(d, len(s), generator=generator, dtype=torch.float64))[0]
-    return ((u * s) @ v.T).float()
+        host.set_shared_memory_per_block(device_limit)
 
 
 @pytest.mark.parametrize("ratio,variance", [(0.9995, 0.25), (0.998, 0.42)])
 def test_a_randomized_rank_without_spare_sketch_columns_is_unresolved(ratio, variance):
     # Slowly decaying spectra whose exact rank (116, 119) lies just below the 128-column sketch:
-    # the trailing Ritz values run low, so a cut among them would overshoot the exact rank (124,
-    # 122). Ranks within the oversampling margin are reported as unresolved, as the CPU hands
+    # the trailing Ritz values run low, so a cut among them would overshoot the exact rank (124
+    # and 123 here). Ranks within the oversampling margin are reported as unresolved, as the CPU hands
     # them to the exact solver.
-    x = singular_values_matrix(576, 1024, ratio ** torch.arange(576.0))
+    x = designed(576, 1024, (ratio ** torch.arange(576.0)).tolist()).float()
     exact_rank = reference.leverage(x, variance)[1].item()
     assert 128 - 16 < exact_rank < 128 - 8
     _, rank = cuda_on_host.leverage(x, variance, "randomized")
@@ -321,7 +312,7 @@ def test_a_randomized_rank_without_spare_sketch_columns_is_unresolved(ratio, var
 def test_a_randomized_rank_within_the_margin_is_exact_when_the_sketch_spans_the_image():
     # Rank 124 < 128: the sketch spans X's range, its Ritz values are the eigenvalues, and a rank
     # within the oversampling margin (123 at variance 0.99) is the exact one.
-    x = singular_values_matrix(576, 1024, torch.linspace(1.0, 0.9, 124))
+    x = designed(576, 1024, torch.linspace(1.0, 0.9, 124).tolist()).float()
     scores, rank = cuda_on_host.leverage(x, 0.99, "randomized")
     expected_scores, expected_rank = reference.leverage(x, 0.99)
     assert rank.item() == expected_rank.item() > 120

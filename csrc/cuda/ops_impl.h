@@ -49,7 +49,7 @@ using MakeContext = std::function<Context(Buffers& buffers)>;
 inline void check_select_size(int64_t num_tokens, at::ScalarType score_type) {
   const int64_t limit = max_select_tokens(dtype_of(score_type));
   // One block sorts an image's N scores in shared memory, so the limit is the device's: 16,384
-  // on sm_90, 16,384 on sm_80 (8,192 for float64 scores), 8,192 on sm_86/89.
+  // on sm_90 and sm_80 (8,192 for float64 scores on sm_80), 8,192 on sm_86/89.
   TORCH_CHECK(num_tokens <= limit, "svdprune: N must be at most ", limit,
               " for the CUDA selection kernels on this device (one block sorts an image's scores in shared "
               "memory), got N=", num_tokens);

@@ -25,7 +25,7 @@ using cudaStream_t = CUstream_st*;
 
 namespace host_emulation {
 // 227 KiB, compute capability 9.0; tests lower it to see the device-dependent limits.
-inline int kSharedMemoryPerBlockOptin = 232448;
+inline int shared_memory_per_block_optin = 232448;
 constexpr size_t kDefaultDynamicSharedBytes = 48 * 1024;
 inline cudaError_t last_error = cudaSuccess;
 inline std::map<const void*, int> dynamic_shared_allowed;  // per kernel, from cudaFuncSetAttribute
@@ -40,13 +40,13 @@ inline cudaError_t cudaGetDevice(int* device) {
 
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
   if (device != 0 || attribute != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
-  *value = host_emulation::kSharedMemoryPerBlockOptin;
+  *value = host_emulation::shared_memory_per_block_optin;
   return cudaSuccess;
 }
 
 inline cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attribute, int value) {
   if (attribute != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
-      value > host_emulation::kSharedMemoryPerBlockOptin) {
+      value > host_emulation::shared_memory_per_block_optin) {
     return cudaErrorInvalidValue;
   }
   host_emulation::dynamic_shared_allowed[kernel] = value;
