@@ -15,7 +15,9 @@ ROOT = Path(__file__).parent.resolve()
 
 CPU_SOURCES = ("csrc/ops.cpp", "csrc/cpu/*.cpp")
 CUDA_SOURCES = ("csrc/cuda/*.cpp", "csrc/cuda/*.cu")
-CXX_FLAGS = ("-O3",)
+# NDEBUG as in torch's own release build: it turns off the debug-only assertions of torch's
+# inline headers, whose messages are formatted with iostreams (see throw_error in csrc/svdprune.h).
+CXX_FLAGS = ("-O3", "-DNDEBUG")
 # No --use_fast_math: the pivot kernel's 1/sqrt must match the CPU's bit for bit, and the
 # kernels are latency-bound, so fast math would buy nothing. -fmad=false for the same reason:
 # nvcc would contract a * b + c into one fused multiply-add, rounded once, where the CPU and the
@@ -23,6 +25,11 @@ CXX_FLAGS = ("-O3",)
 # other tokens on the GPU. The math library's own functions (log, sincos: the Gaussian sketch)
 # keep their fused operations; the project's kernels have none (tests/test_cuda_arithmetic.py).
 CUDA_FLAGS = ("-O3", "-lineinfo", "-fmad=false")
+# Linked ahead of torch's libraries, which re-export some libstdc++ symbols without versions:
+# bound to those, the library's references to the C++ runtime would be unversioned, and the
+# loader's check that the runtime is as new as the compiler's would not apply
+# (scripts/check_library_symbols.sh checks the result).
+LINK_FIRST = ("stdc++",)
 # The library uses the stable ABI of CPython 3.10+ only (no pybind11, no libtorch_python),
 # so one build serves every Python version; torch's setup.py helpers add the same define.
 LIMITED_API = "0x030A0000"
@@ -94,6 +101,7 @@ def cmake_commands(cuda: bool, cuda_home: str) -> str:
         "SVDPRUNE_SOURCES": sources(cuda),
         "SVDPRUNE_CXX_FLAGS": list(CXX_FLAGS),
         "SVDPRUNE_CUDA_FLAGS": list(CUDA_FLAGS),
+        "SVDPRUNE_LINK_FIRST": list(LINK_FIRST),
         "SVDPRUNE_DEFINES": [f"{key}={value}" for key, value in defines(cuda, cuda_arch_list() if cuda else "").items()],
     }
     if cuda:

@@ -46,14 +46,18 @@ def extension():
     cxx_flags = [*build_description.CXX_FLAGS, *defines]
     if not cuda:
         return CppExtension(
-            "svdprune_cuda._C", build_description.sources(cuda), extra_compile_args={"cxx": cxx_flags}, py_limited_api=True
+            "svdprune_cuda._C",
+            build_description.sources(cuda),
+            libraries=list(build_description.LINK_FIRST),  # torch's helpers append their libraries after these
+            extra_compile_args={"cxx": cxx_flags},
+            py_limited_api=True,
         )
     includes, libraries = build_description.cuda_math_libraries(CUDA_HOME)
     return CUDAExtension(
         "svdprune_cuda._C",
         build_description.sources(cuda),
         include_dirs=includes,
-        libraries=[] if libraries else list(build_description.CUDA_MATH_LIBRARIES),
+        libraries=[*build_description.LINK_FIRST, *([] if libraries else build_description.CUDA_MATH_LIBRARIES)],
         extra_compile_args={"cxx": cxx_flags, "nvcc": list(build_description.CUDA_FLAGS)},
         extra_link_args=[*libraries, *(f"-Wl,-rpath,{Path(library).parent}" for library in libraries)],
         py_limited_api=True,

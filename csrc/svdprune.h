@@ -6,9 +6,22 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace svdprune {
+
+// Error messages are built as std::string and raised through one `const char*`, the only form
+// of TORCH_CHECK that builds no std::ostringstream: this library formats nothing with iostreams,
+// whose locale code crashed (SIGSEGV) where two C++ runtimes met in one process (README, "Errors").
+[[noreturn]] void throw_error(const std::string& message);
+// What operator<< would print, without it: %g for a double, "[2, 3]" for a shape.
+std::string to_text(double value);
+std::string to_text(at::IntArrayRef shape);
+// Sizes for ATen's *_symint factories: at::empty({n, d}, ...) and the other IntArrayRef overloads
+// check that each size fits a SymInt with a message formatted by iostreams (c10::fromIntArrayRefSlow,
+// c10/core/SymIntArrayRef.h), and the sizes this library computes are tensor sizes, which fit.
+inline c10::SymIntArrayRef shape(at::IntArrayRef sizes) { return c10::fromIntArrayRefKnownNonNegative(sizes); }
 
 enum class Method { Exact, Randomized };
 // How `select` picks its tokens: top-K leverage (the paper's rule), or greedy column pivoting

@@ -32,6 +32,8 @@ def build_info() -> dict[str, object]:
         "built with CUDA": built["with_cuda"],
         "CUDA arch list": built["cuda_arch_list"].replace(",", ";") or "-",
         "cuSOLVER": "-" if cusolver is None else f"{cusolver // 1000}.{cusolver % 1000 // 100}.{cusolver % 100}",
+        # The largest eigenproblem the CUDA ops run while a CUDA graph is being captured.
+        "captured eigenproblems": "-" if built["max_captured_eigen_size"] is None else f"up to n={built['max_captured_eigen_size']}",
         "CUDA kernels registered": torch._C._dispatch_has_kernel_for_dispatch_key("svdprune::select", "CUDA"),
         "CPU": cpu_name(),
         "GPU": torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible",

@@ -111,6 +111,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     std::memcpy(&value, &word, sizeof value);
     return __float2bfloat16_rn(value).bits;
   });
+  m.attr("max_captured_eigen_size") = svdprune::cuda::kMaxCapturedEigenSize;
   // Settings of the backend and of the stand-ins, for tests.
   m.def("set_max_solver_batch", [](int64_t limit) { max_solver_batch = limit; });
   m.def("set_shared_memory_per_block",  // returns the previous limit

@@ -197,29 +197,26 @@ def test_torch_compile_fullgraph(method):
     assert torch.equal(compiled(x), keep_tokens(x))
 
 
+# The ops are tagged cudagraph_unsafe: inductor runs them between its CUDA graphs, so the exact
+# path's eigensolver is never captured.
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_compile_reduce_overhead(method):
+    def keep_tokens(features):
+        indices, _, _ = torch.ops.svdprune.select(features, 16, 0.9, method)
+        return 2 * torch.gather(features, 1, indices[..., None].expand(-1, -1, features.shape[-1]))
+
+    compiled = torch.compile(keep_tokens, mode="reduce-overhead")
+    for seed in range(3):  # recorded, then replayed
+        x = cuda(designed(576, 1024, SPECTRUM, noise=1e-3, batch=2, seed=seed).half())
+        assert torch.equal(compiled(x), keep_tokens(x))
+
+
 def test_meta_and_fake_shapes_match_the_cuda_outputs():
     x = cuda(designed(96, 160, SPECTRUM, batch=3).half())
     indices, scores, rank = torch.ops.svdprune.select(x, 12)
     meta = torch.ops.svdprune.select(x.to("meta"), 12)
     for real, fake in zip((indices, scores, rank), meta):
         assert real.shape == fake.shape and real.dtype == fake.dtype
-
-
-@pytest.mark.parametrize(
-    "call,message",
-    [
-        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 0), r"budget must be in \[1, N=16\], got 0"),
-        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.0), r"variance must be in \(0, 1\]"),
-        (lambda: torch.ops.svdprune.select(torch.randn(16, 8, device="cuda"), 4, 0.9, "svd"), r"method must be"),
-        (lambda: torch.ops.svdprune.select_adaptive(torch.randn(16, 8, device="cuda"), 0.9, 5, 3),
-         r"min_tokens \(5\) must not exceed max_tokens \(3\)"),
-        (lambda: torch.ops.svdprune.leverage(torch.ones(16, 8, dtype=torch.int32, device="cuda")), r"features must be float16"),
-        (lambda: torch.ops.svdprune.leverage(torch.randn(2, 16, 0, device="cuda")), r"D > 0"),
-    ],
-)
-def test_bad_input_raises_a_clear_error(call, message):
-    with pytest.raises(RuntimeError, match=message):
-        call()
 
 
 def test_empty_batch():

@@ -6,6 +6,7 @@ unresolved sketch ranks, invalid images, real photos. The op tests of test_ops.p
 test_pivoted.py run on this build too (device "cuda_on_host")."""
 
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -248,6 +249,46 @@ def test_graph_capture_needs_a_warm_up_and_no_host_workspace(host):
     tests = str(Path(__file__).resolve().parent)
     out = subprocess.run([sys.executable, "-c", CAPTURE.format(tests=tests)], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_an_eigenproblem_beyond_the_captured_sizes_raises_before_the_solver_under_capture(host):
+    limit = host.max_captured_eigen_size
+    generator = torch.Generator().manual_seed(0)
+    within = torch.randn(2, limit, 2 * limit, generator=generator)  # a limit × limit Gram matrix
+    beyond = torch.randn(2, limit + 1, 2 * limit + 2, generator=generator)
+    expected_within = cuda_on_host.select(within, 8)  # outside capture, which also creates a solver handle
+    expected_sketch = cuda_on_host.select(beyond, 8, 0.9, "randomized")  # a 32-column sketch
+    n, d = limit + 1, 2 * limit + 2
+    too_large = (
+        f"^svdprune: method='{{method}}' at N={n}, D={d} solves a {n}x{n} eigenproblem, which cuSOLVER is not known "
+        f"to run under CUDA graph capture \\(up to {limit}x{limit} is\\): {{instead}}$"
+    )
+    instead = "use method='randomized', or run the op outside the graph"
+    host.set_capturing(True)
+    try:
+        host.syev_calls()
+        for method in ("exact", "auto"):  # auto is exact on CUDA
+            for call in (
+                lambda: cuda_on_host.select(beyond, 8, 0.9, method),
+                lambda: cuda_on_host.select_adaptive(beyond, 0.9, 1, -1, method),
+                lambda: cuda_on_host.leverage(beyond, 0.9, method),
+            ):
+                with pytest.raises(RuntimeError, match=too_large.format(method=method, instead=instead)):
+                    call()
+        # Pivoting 17 tokens needs a sketch of 34 columns or more: the exact path it takes instead is too large.
+        pivoted = (
+            "strategy='pivoted' with budget=17 takes the exact path (its sketch must be twice as wide as the budget): "
+            "run the op outside the graph"
+        )
+        with pytest.raises(RuntimeError, match=too_large.format(method="randomized", instead=re.escape(pivoted))):
+            cuda_on_host.select(beyond, 17, 0.9, "randomized", strategy="pivoted")
+        assert host.syev_calls() == []  # raised before the solver was called
+        for got, want in zip(cuda_on_host.select(within, 8), expected_within):
+            assert torch.equal(got, want)
+        for got, want in zip(cuda_on_host.select(beyond, 8, 0.9, "randomized"), expected_sketch):
+            assert torch.equal(got, want)
+    finally:
+        host.set_capturing(False)
 
 
 def test_solver_handles_are_pooled_not_per_thread(host):

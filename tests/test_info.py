@@ -19,6 +19,7 @@ def test_build_facts_come_from_the_library():
     assert info["built with CUDA"] == info["CUDA kernels registered"]
     assert (info["CUDA arch list"] != "-") == info["built with CUDA"]
     assert (info["cuSOLVER"] != "-") == info["built with CUDA"]
+    assert (info["captured eigenproblems"] != "-") == info["built with CUDA"]
 
 
 @pytest.mark.slow

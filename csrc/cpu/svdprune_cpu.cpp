@@ -10,12 +10,24 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 namespace svdprune {
 namespace {
+
+// f(scalar_t{}) for the compute dtypes, float32 and float64. Not AT_DISPATCH, whose error
+// message would be formatted with iostreams (see throw_error).
+template <typename F>
+void dispatch_compute_type(at::ScalarType type, F&& f) {
+  switch (type) {
+    case at::kFloat: return f(float{});
+    case at::kDouble: return f(double{});
+    default: throw_error(std::string("svdprune: no CPU kernel for ") + c10::toString(type));
+  }
+}
 
 // Randomized range finder settings. At variance 0.9 raw photo patches have rank 1-2 and
 // feature-like views of photos mostly 3-20; the sketch doubles while fewer than kOversample
@@ -76,7 +88,7 @@ double sketch_flops(int64_t n, int64_t d, int64_t width) {
 at::Tensor gram_lower(const at::Tensor& x) {
   const int64_t n = x.size(0);
   const int64_t step = (n + kGramBlocks - 1) / kGramBlocks;
-  auto gram = at::zeros({n, n}, x.options());
+  auto gram = at::zeros_symint(shape({n, n}), x.options());
   for (int64_t begin = 0; begin < n; begin += step) {
     const int64_t rows = std::min(step, n - begin);
     auto block = gram.narrow(0, begin, rows).narrow(1, 0, begin + rows);
@@ -118,7 +130,7 @@ at::Tensor left_basis(const at::Tensor& product, const at::Tensor& values, int64
     u = at::linalg_solve_triangular(upper, u, /*upper=*/true, /*left=*/false);
   }
   if (kept == columns) return u;
-  return at::cat({u, at::zeros({product.size(0), columns - kept}, u.options())}, 1);
+  return at::cat({u, at::zeros_symint(shape({product.size(0), columns - kept}), u.options())}, 1);
 }
 
 // Exact basis from the smaller Gram matrix: X Xᵀ (N×N) gives U directly (orthonormal
@@ -159,12 +171,12 @@ Basis basis_randomized(const at::Tensor& x, double total, double variance, doubl
   const int64_t n = x.size(0), d = x.size(1);
   const double exact_cost = exact_flops(n, d);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-  at::Tensor omega = at::empty({d, 0}, x.options());
+  at::Tensor omega = at::empty_symint(shape({d, 0}), x.options());
   double spent = 0.0;
   for (int64_t width = std::max(kInitialSketch, 2 * wanted);
        width <= std::min(n, d) && spent + sketch_flops(n, d, width) <= exact_cost; width *= 2) {
     // New columns are appended, so a wider sketch refines the narrower one.
-    omega = at::cat({omega, at::randn({d, width - omega.size(1)}, generator, x.options())}, 1);
+    omega = at::cat({omega, at::randn_symint(shape({d, width - omega.size(1)}), generator, x.options())}, 1);
     const auto y = sketch_power_iterations(x, omega);
     auto [values, vectors] = eigh_descending(at::mm(y.t(), y));
     const Cut cut = rank_cut(values, total, variance, slack);
@@ -214,8 +226,9 @@ at::Tensor select_pivoted(const Basis& basis, const at::Tensor& scores, int64_t 
   const int64_t n = basis.u.size(0), m = std::min(budget, basis.nonzero);
   auto rows = basis.u.narrow(1, 0, m).contiguous();
   std::vector<int64_t> picked(m);
-  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "pivot_tokens",
-                             [&] { pivot_tokens(rows.data_ptr<scalar_t>(), n, m, picked.data()); });
+  dispatch_compute_type(rows.scalar_type(), [&](auto zero) {
+    pivot_tokens(rows.data_ptr<decltype(zero)>(), n, m, picked.data());
+  });
   std::vector<char> taken(n, 0);
   for (const int64_t j : picked) taken[j] = 1;
   const auto order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
@@ -263,8 +276,8 @@ Magnitude magnitude(const scalar_t* values, int64_t count) {
 
 Magnitude magnitude(const at::Tensor& image) {
   Magnitude out{};
-  AT_DISPATCH_FLOATING_TYPES(image.scalar_type(), "magnitude",
-                             [&] { out = magnitude(image.data_ptr<scalar_t>(), image.numel()); });
+  dispatch_compute_type(image.scalar_type(),
+                        [&](auto zero) { out = magnitude(image.data_ptr<decltype(zero)>(), image.numel()); });
   return out;
 }
 
@@ -277,7 +290,7 @@ Magnitude magnitude(const at::Tensor& image) {
 std::pair<at::Tensor, double> prepare(at::Tensor image, bool center) {
   Magnitude m = magnitude(image);
   if (!std::isfinite(m.energy)) {
-    TORCH_CHECK(at::isfinite(image).all().item<bool>(), "svdprune: features contains NaN or Inf");
+    if (!at::isfinite(image).all().item<bool>()) throw_error("svdprune: features contains NaN or Inf");
   }
   const auto rescale = [&] {
     const int exponent = m.largest > 0.0 ? std::ilogb(m.largest) : 0;
@@ -313,13 +326,14 @@ Analysis analyze_batch(const at::Tensor& features, double variance, std::string_
   const Method method = resolve_method(method_name, /*is_cuda=*/false, n, d);
   const auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double slack = compute == at::kDouble ? kRankSlackDouble : kRankSlackFloat;
-  Analysis out{at::empty({batch, n}, x.options().dtype(compute)), at::empty({batch}, x.options().dtype(at::kLong)),
-               at::empty({batch, pivot_budget}, x.options().dtype(at::kLong))};
+  Analysis out{at::empty_symint(shape({batch, n}), x.options().dtype(compute)),
+               at::empty_symint(shape({batch}), x.options().dtype(at::kLong)),
+               at::empty_symint(shape({batch, pivot_budget}), x.options().dtype(at::kLong))};
   auto* rank_out = out.rank.data_ptr<int64_t>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const auto [image, total] = prepare(x[i].to(compute).contiguous(), center);
-      const Basis basis = !(total > 0.0)              ? Basis{at::zeros({n, 0}, image.options()), 0, 0}
+      const Basis basis = !(total > 0.0)              ? Basis{at::zeros_symint(shape({n, 0}), image.options()), 0, 0}
                           : method == Method::Exact ? basis_exact(image, total, variance, slack, pivot_budget)
                                                     : basis_randomized(image, total, variance, slack, seed, pivot_budget);
       const auto scores = basis.u.narrow(1, 0, basis.rank).square().sum(1);

@@ -5,12 +5,14 @@
 #pragma once
 
 #include "../svdprune.h"
+#include "checks.h"
 #include "svdprune_cuda.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <functional>
+#include <string>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -23,7 +25,7 @@ inline DType dtype_of(at::ScalarType type) {
     case at::kBFloat16: return DType::BFloat16;
     case at::kFloat: return DType::Float;
     case at::kDouble: return DType::Double;
-    default: TORCH_CHECK(false, "svdprune: unsupported dtype ", type);
+    default: throw_error(std::string("svdprune: unsupported dtype ") + c10::toString(type));
   }
 }
 
@@ -34,7 +36,7 @@ class Buffers {
  public:
   explicit Buffers(const at::Tensor& like) : options_(like.options().dtype(at::kByte)) {}
   void* allocate(size_t bytes) {
-    tensors_.push_back(at::empty({static_cast<int64_t>(bytes)}, options_));
+    tensors_.push_back(at::empty_symint(shape({static_cast<int64_t>(bytes)}), options_));
     return tensors_.back().data_ptr();
   }
 
@@ -50,9 +52,11 @@ inline void check_select_size(int64_t num_tokens, at::ScalarType score_type) {
   const int64_t limit = max_select_tokens(dtype_of(score_type));
   // One block sorts an image's N scores in shared memory, so the limit is the device's: 16,384
   // on sm_90 and sm_80 (8,192 for float64 scores on sm_80), 8,192 on sm_86/89.
-  TORCH_CHECK(num_tokens <= limit, "svdprune: N must be at most ", limit,
-              " for the CUDA selection kernels on this device (one block sorts an image's scores in shared "
-              "memory), got N=", num_tokens);
+  if (num_tokens > limit) {
+    throw_error("svdprune: N must be at most " + std::to_string(limit) +
+                " for the CUDA selection kernels on this device (one block sorts an image's scores in shared "
+                "memory), got N=" + std::to_string(num_tokens));
+  }
 }
 
 inline at::ScalarType compute_type(const at::Tensor& x) {
@@ -72,15 +76,37 @@ inline Analysis analyze_batch(const at::Tensor& x, double variance, std::string_
   check_variance(variance);
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2);
   const Method method = resolve_method(method_name, /*is_cuda=*/true, n, d);
-  TORCH_CHECK(std::min(n, d) <= kMaxGramSize, "svdprune: min(N, D) must be at most ", kMaxGramSize,
-              " on CUDA, got N=", n, ", D=", d);
+  if (std::min(n, d) > kMaxGramSize) {
+    throw_error("svdprune: min(N, D) must be at most " + std::to_string(kMaxGramSize) + " on CUDA, got N=" +
+                std::to_string(n) + ", D=" + std::to_string(d));
+  }
   const auto compute = compute_type(x);
   const double slack = compute == at::kDouble ? kRankSlackDouble : kRankSlackFloat;
-  Analysis out{at::empty({batch, n}, x.options().dtype(compute)), at::empty({batch}, x.options().dtype(at::kLong)),
-               pivot_budget > 0 ? at::empty({batch, n}, x.options().dtype(compute)) : at::Tensor()};
+  Analysis out{at::empty_symint(shape({batch, n}), x.options().dtype(compute)),
+               at::empty_symint(shape({batch}), x.options().dtype(at::kLong)),
+               pivot_budget > 0 ? at::empty_symint(shape({batch, n}), x.options().dtype(compute)) : at::Tensor()};
   if (batch == 0) return out;
 
+  int64_t width = method == Method::Randomized ? sketch_width(std::min(n, d)) : 0;
+  // Pivoting leans on the trailing vectors of its basis, which a sketch blurs unless it is twice
+  // as wide as the basis (as on the CPU); a narrower sketch gives way to the exact path.
+  const bool pivoting_needs_exact = width > 0 && width < 2 * pivot_budget;
+  if (pivoting_needs_exact) width = 0;
   Buffers buffers(x);
+  // Raised before any work is queued (see kMaxCapturedEigenSize).
+  const int64_t eigen_size = width > 0 ? width : std::min(n, d);
+  if (eigen_size > kMaxCapturedEigenSize && capturing(make_context(buffers).stream)) {
+    const std::string size = std::to_string(eigen_size), largest = std::to_string(kMaxCapturedEigenSize);
+    const std::string instead =
+        pivoting_needs_exact ? "strategy='pivoted' with budget=" + std::to_string(pivot_budget) +
+                                   " takes the exact path (its sketch must be twice as wide as the budget): run the op "
+                                   "outside the graph"
+                             : "use method='randomized', or run the op outside the graph";
+    throw_error("svdprune: method='" + std::string(method_name) + "' at N=" + std::to_string(n) + ", D=" +
+                std::to_string(d) + " solves a " + size + "x" + size +
+                " eigenproblem, which cuSOLVER is not known to run under CUDA graph capture (up to " + largest + "x" +
+                largest + " is): " + instead);
+  }
   // As on the CPU, an image whose largest |entry| is beyond 2^±kSafeExponent is first multiplied
   // by the power of two that brings it near 1 (see rescale), before centring, so that centring
   // cannot overflow, and again after it, which can leave entries far smaller than the image's.
@@ -103,11 +129,6 @@ inline Analysis analyze_batch(const at::Tensor& x, double variance, std::string_
   } else if (d < n) {
     work = work.to(compute);
   }
-  int64_t width = method == Method::Randomized ? sketch_width(std::min(n, d)) : 0;
-  // Pivoting leans on the trailing vectors of its basis, which a sketch blurs unless it is twice
-  // as wide as the basis (as on the CPU); a narrower sketch gives way to the exact path.
-  if (width < 2 * pivot_budget) width = 0;
-
   leverage(make_context(buffers), {work.const_data_ptr(), dtype_of(work.scalar_type()), batch, n, d}, variance, slack,
            width, static_cast<uint64_t>(seed), out.scores.mutable_data_ptr(), out.rank.mutable_data_ptr<int64_t>(),
            pivot_budget, pivot_budget > 0 ? out.pivot_scores.mutable_data_ptr() : nullptr);
@@ -134,7 +155,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> select_op(const at::Tensor
   const auto a = analyze_batch(x, variance, method, center, seed, pivoted ? budget : 0, make_context);
   // The top `budget` of the pivot scores are the pivoted tokens, filled up by leverage.
   const auto& ranking = pivoted ? a.pivot_scores : a.scores;
-  auto indices = at::empty({x.size(0), budget}, x.options().dtype(at::kLong));
+  auto indices = at::empty_symint(shape({x.size(0), budget}), x.options().dtype(at::kLong));
   Buffers buffers(x);
   select_top(make_context(buffers), ranking.const_data_ptr(), dtype_of(ranking.scalar_type()), x.size(0), x.size(1),
              budget, indices.mutable_data_ptr<int64_t>());
@@ -147,8 +168,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> select_adaptiv
   max_tokens = resolve_max_tokens(min_tokens, max_tokens, x.size(1));
   check_select_size(x.size(1), compute_type(x));
   const auto a = analyze_batch(x, variance, method, center, seed, 0, make_context);
-  auto mask = at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kBool));
-  auto count = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  auto mask = at::empty_symint(shape({x.size(0), x.size(1)}), x.options().dtype(at::kBool));
+  auto count = at::empty_symint(shape({x.size(0)}), x.options().dtype(at::kLong));
   Buffers buffers(x);
   select_adaptive(make_context(buffers), a.scores.const_data_ptr(), dtype_of(a.scores.scalar_type()),
                   a.rank.const_data_ptr<int64_t>(), x.size(0), x.size(1), variance, min_tokens, max_tokens,

@@ -21,7 +21,9 @@ cuda::Context gpu_context(cuda::Buffers& buffers) {
 
 at::Tensor on_cuda(const at::Tensor& features) {
   const auto x = batched_features(features);
-  TORCH_CHECK(x.is_cuda(), "svdprune: features must be a CUDA tensor for the CUDA kernels, got ", x.device());
+  if (!x.is_cuda()) {
+    throw_error("svdprune: features must be a CUDA tensor for the CUDA kernels, got " + x.device().str());
+  }
   return x;
 }
 

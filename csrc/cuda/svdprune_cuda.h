@@ -57,6 +57,13 @@ int64_t sketch_width(int64_t rank_bound);
 // Largest min(N, D) the batched eigensolver accepts (n * n must fit in 32 bits).
 constexpr int64_t kMaxGramSize = 46340;
 
+// Largest n at which cusolverDnXsyevBatched is known to run under CUDA graph capture: on an H200
+// (cuSOLVER 12.0.4) the randomized path's 32, 64 and 128 captured and replayed, while the exact
+// path's 576 failed with CUSOLVER_STATUS_EXECUTION_FAILED. An op whose eigenproblem is larger
+// raises before calling the solver when its stream is being captured (ops_impl.h). The
+// eigensolver matrix of scripts/gpu_check.sh measures which sizes capture.
+constexpr int64_t kMaxCapturedEigenSize = 128;
+
 // Leverage scores [batch, n] (float, double for double input) and truncation rank [batch].
 // `features` must be float or double when `center` was applied or d < n (the glue widens
 // it): half/bfloat16 input is only read by the Gram product, which accumulates in float.
