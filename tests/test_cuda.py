@@ -154,8 +154,8 @@ def test_image_beyond_the_float32_range_is_rescaled(method):
 
 
 # The exact path's eigensolver works on a tokens × tokens Gram matrix here (N < D): its size is
-# what decides which cuSOLVER algorithm runs inside the captured call. "relaxed" lets a library
-# call allocate while the stream is captured.
+# what decides which cuSOLVER algorithm runs inside the captured call. Beyond the sizes known to
+# capture, the op raises instead. "relaxed" lets a library call allocate while the stream is captured.
 @pytest.mark.parametrize("capture_error_mode", ["global", "relaxed"])
 @pytest.mark.parametrize("tokens", [128, 256, 576])
 @pytest.mark.parametrize("method", METHODS)
@@ -171,6 +171,12 @@ def test_cuda_graph_capture_and_replay(method, tokens, capture_error_mode):
             torch.ops.svdprune.select(static, 16, 0.9, method)
             torch.ops.svdprune.select_adaptive(static, 0.9, 1, -1, method)
     torch.cuda.current_stream().wait_stream(side)
+    if method == "exact" and tokens > svdprune_cuda._C.build_info()["max_captured_eigen_size"]:
+        message = rf"^svdprune: method='exact' at N={tokens}, D=1024 solves a .* run the op outside the graph$"
+        with pytest.raises(RuntimeError, match=message):
+            with torch.cuda.graph(torch.cuda.CUDAGraph(), capture_error_mode=capture_error_mode):
+                torch.ops.svdprune.select(static, 16, 0.9, method)
+        return
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
         captured = torch.ops.svdprune.select(static, 16, 0.9, method)
