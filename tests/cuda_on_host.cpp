@@ -119,10 +119,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_max_syev_batch", [](int64_t limit) { host_emulation::max_syev_batch = limit; });
   m.def("set_syev_host_workspace_bytes", [](size_t bytes) { host_emulation::syev_host_workspace_bytes = bytes; });
   m.def("set_capturing", [](bool capturing) { host_emulation::capturing[nullptr] = capturing; });
+  m.def("set_tensor_core_shortfall",  // returns the previous shortfall
+        [](double shortfall) { return std::exchange(host_emulation::tensor_core_shortfall, shortfall); });
   m.def("live_solver_handles", [] { return host_emulation::live_solver_handles; });
-  m.def("syev_calls", [] {
-    auto calls = host_emulation::syev_calls;
-    host_emulation::syev_calls.clear();
-    return calls;
-  });
+  m.def("syev_calls", [] { return std::exchange(host_emulation::syev_calls, {}); });
+  m.def("syev_largest_entries", [] { return std::exchange(host_emulation::syev_largest_entries, {}); });
 }

@@ -101,6 +101,14 @@ def low_rank() -> torch.Tensor:
     return torch.randn(200, 5, generator=generator, dtype=torch.float64) @ torch.randn(5, 300, generator=generator, dtype=torch.float64)
 
 
+def integer_low_rank(n: int, d: int, rank: int, batch: int, seed: int = 0) -> torch.Tensor:
+    """[batch, n, d] float32 of exactly `rank`: products of matrices of -1, 0 and 1, whose small
+    integer entries every dtype holds exactly, bfloat16 and float16 included."""
+    generator = torch.Generator().manual_seed(seed)
+    left = torch.randint(-1, 2, (batch, n, rank), generator=generator).float()
+    return left @ torch.randint(-1, 2, (batch, rank, d), generator=generator).float()
+
+
 def encode(processor, images, prompts) -> dict:
     """A padded batch of ``prompts`` with their ``images``, as a model integration receives it."""
     return processor(images=images, text=prompts, return_tensors="pt", padding=True)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import cuda_on_host
-from helpers import SPECTRUM, designed, lifted
+from helpers import SPECTRUM, designed, integer_low_rank, lifted
 from svdprune_cuda import reference
 
 pytestmark = pytest.mark.slow  # compiles the CUDA backend for the host first
@@ -357,6 +357,39 @@ def test_a_randomized_rank_within_the_margin_is_exact_when_the_sketch_spans_the_
     scores, rank = cuda_on_host.leverage(x, 0.99, "randomized")
     expected_scores, expected_rank = reference.leverage(x, 0.99)
     assert rank.item() == expected_rank.item() > 120
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+def test_a_16_bit_gram_that_falls_short_of_the_energy_keeps_the_numerical_rank(host, method):
+    # Tensor cores' truncating accumulation leaves trace(G) short of ‖X‖_F² (by some 1e-5 of it
+    # at D = 8192): measured against ‖X‖_F², the cut at variance 1 would never be reached.
+    x = integer_low_rank(64, 512, 5, batch=2).bfloat16()
+    expected_scores, expected_rank = reference.leverage(x, 1.0)
+    assert expected_rank.tolist() == [5, 5]
+    previous = host.set_tensor_core_shortfall(2e-5)
+    try:
+        scores, rank = cuda_on_host.leverage(x, 1.0, method)
+    finally:
+        host.set_tensor_core_shortfall(previous)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+@pytest.mark.parametrize("exponent", [30, -30])
+def test_every_image_reaches_the_eigensolver_normalised(host, method, exponent):
+    # Within 2^±32 the CPU leaves an image's scale to LAPACK, which scales what it is given;
+    # cuSOLVER documents no such scaling, so CUDA hands it the Gram matrix of X scaled to a
+    # largest |entry| in [1, 2): entries between 1 and 4 D (or, for the sketch, N D).
+    n, d = 64, 96
+    x = designed(n, d, SPECTRUM, noise=1e-3, batch=2).float() * 2.0**exponent
+    host.syev_largest_entries()
+    scores, rank = cuda_on_host.leverage(x, 0.9, method)
+    largest = host.syev_largest_entries()
+    assert largest and all(0.5 <= entry <= 4 * n * d for entry in largest), largest
+    expected_scores, expected_rank = reference.leverage(x)
+    assert torch.equal(rank, expected_rank)
     torch.testing.assert_close(scores.double(), expected_scores, atol=1e-4, rtol=0)
 
 

@@ -9,7 +9,8 @@
 // The rank cut and the leverage scores then come from one kernel per image. When G is
 // XᵀX, its eigenvectors are the right singular vectors V, and the left ones an orthonormal
 // basis of X V (left_basis_kernel).
-// ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself. For
+// ‖X‖_F², the energy the rank cut is measured against, is reduced from X itself (from trace(G)
+// for 16-bit features, see leverage_typed). For
 // select(strategy="pivoted"), a second kernel per image pivots on the same eigenpairs.
 // The kernels other than the energy reduction live in randomized.cuh, rank_leverage.cuh and
 // pivot.cuh; this file launches them and makes the cuBLAS/cuSOLVER calls.
@@ -142,6 +143,20 @@ __global__ void parts_kernel(const T* x, int64_t elements, Reduction reduction, 
   double value = Reduction::kIdentity;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) value = reduction(value, reduction.entry(to_double(image[i])));
   value = block_reduce(value, reduction, Reduction::kIdentity);
+  if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = value;
+}
+
+// parts[b * kEnergyParts + p] = the sum, in double, of part p of the diagonal of image b's m×m
+// Gram matrix: its trace, the sum of its eigenvalues, in the layout of the ‖X‖_F² parts.
+template <typename scalar_t>
+__global__ void trace_parts_kernel(const scalar_t* g, int64_t m, double* parts) {
+  const int64_t chunk = (m + kEnergyParts - 1) / kEnergyParts;
+  const int64_t begin = blockIdx.y * chunk;
+  const int64_t end = min64(begin + chunk, m);
+  const scalar_t* image = g + static_cast<int64_t>(blockIdx.x) * m * m;
+  double value = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) value += image[i * (m + 1)];
+  value = block_reduce(value, Sum{}, 0.0);
   if (threadIdx.x == 0) parts[static_cast<int64_t>(blockIdx.x) * kEnergyParts + blockIdx.y] = value;
 }
 
@@ -462,10 +477,20 @@ template <typename scalar_t>
 void leverage_typed(const Context& ctx, const Features& f, double variance, double slack, int64_t width,
                     uint64_t seed, const Outputs<scalar_t>& out) {
   double* energy_parts = allocate<double>(ctx, f.batch * kEnergyParts);
-  reduce_parts(ctx, f, SquareSum{}, energy_parts);
   const int64_t m = std::min(f.n, f.d);
   scalar_t* g = allocate<scalar_t>(ctx, f.batch * m * m);
   gram(ctx, f, g);
+  if (f.dtype == DType::Half || f.dtype == DType::BFloat16) {
+    // The Gram product of 16-bit features runs on tensor cores, whose float32 accumulation
+    // truncates: trace(G), which G's eigenvalues sum to, falls short of ‖X‖_F² (by some 1e-5 of it
+    // at D = 8192, the whole rank slack), and the cut would never reach variance 1. The cut is
+    // measured against trace(G) instead, summed in double before the solver overwrites G.
+    launch(trace_parts_kernel<scalar_t>, dim3(static_cast<unsigned>(f.batch), kEnergyParts), kThreads, 0, ctx.stream,
+           static_cast<const scalar_t*>(g), m, energy_parts);
+    SVDPRUNE_CHECK_LAUNCH("trace_parts_kernel");
+  } else {
+    reduce_parts(ctx, f, SquareSum{}, energy_parts);
+  }
   if (width == 0) {
     leverage_exact(ctx, f, g, energy_parts, variance, slack, out);
   } else {

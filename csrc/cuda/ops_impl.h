@@ -107,15 +107,19 @@ inline Analysis analyze_batch(const at::Tensor& x, double variance, std::string_
                 " eigenproblem, which cuSOLVER is not known to run under CUDA graph capture (up to " + largest + "x" +
                 largest + " is): " + instead);
   }
-  // As on the CPU, an image whose largest |entry| is beyond 2^±kSafeExponent is first multiplied
-  // by the power of two that brings it near 1 (see rescale), before centring, so that centring
-  // cannot overflow, and again after it, which can leave entries far smaller than the image's.
-  // float16 needs none: its squares, and their sums, fit float32 whatever its values.
+  // Every image is first multiplied by the power of two that brings its largest |entry| into
+  // [1, 2) (see rescale): exact, and the result does not depend on the scale. The CPU does so
+  // only beyond 2^±kSafeExponent, where its Gram product would overflow or underflow, since
+  // LAPACK's eigensolver scales the matrix it is given; cuSOLVER documents no such scaling, and
+  // Gram entries from 2^-64 to D·2^66 could overflow or underflow inside it (info != 0: rank 0
+  // and NaN scores). The copy is made anyway. Before centring, so that centring cannot overflow,
+  // and again after it, which can leave entries far smaller than the image's. float16 needs
+  // none: its Gram entries lie within about 2^-48 and D·2^32, whatever its values.
   const auto rescaled = [&](const at::Tensor& t) {
     const auto in = t.contiguous();
     auto out = at::empty_like(in);
     rescale(make_context(buffers), {in.const_data_ptr(), dtype_of(in.scalar_type()), in.size(0), in.size(1), in.size(2)},
-            kSafeExponent, out.mutable_data_ptr());
+            /*safe_exponent=*/0, out.mutable_data_ptr());
     return out;
   };
   // The Gram product reads 16-bit features as they are. Centring, and the product X V that

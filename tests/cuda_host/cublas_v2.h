@@ -7,7 +7,9 @@
 // beta = 0, C is not read. Supported (cublasGemmEx's table): CUBLAS_COMPUTE_64F with all
 // types CUDA_R_64F (alpha, beta double); CUBLAS_COMPUTE_32F[_PEDANTIC] with A, B both
 // CUDA_R_32F, CUDA_R_16F or CUDA_R_16BF and C CUDA_R_32F or the type of A (alpha, beta float),
-// products accumulated in float.
+// products accumulated in float. Tensor cores, which run CUBLAS_COMPUTE_32F with 16-bit A and B,
+// truncate while they accumulate, so that their sums fall short: host_emulation::
+// tensor_core_shortfall (0 unless a test sets it) is that shortfall, relative, for every product.
 #pragma once
 
 #include "aten_views.h"
@@ -25,6 +27,9 @@ enum cublasFillMode_t { CUBLAS_FILL_MODE_LOWER = 0, CUBLAS_FILL_MODE_UPPER = 1 }
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_PEDANTIC = 69, CUBLAS_COMPUTE_64F = 70 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
 struct cublasContext {};
+namespace host_emulation {
+inline double tensor_core_shortfall = 0.0;
+}  // namespace host_emulation
 using cublasHandle_t = cublasContext*;
 
 inline const char* cublasGetStatusString(cublasStatus_t status) {
@@ -71,6 +76,9 @@ inline cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOp
   auto c = strided_matrices(C, *c_type, batchCount, m, n, 1, ldc, strideC);
   auto product = k == 0 ? at::zeros({batchCount, m, n}, at::TensorOptions().dtype(compute))
                         : at::bmm(op_a.to(compute), op_b.to(compute)) * alpha_value;
+  if (computeType == CUBLAS_COMPUTE_32F && (Atype == CUDA_R_16F || Atype == CUDA_R_16BF)) {
+    product *= 1.0 - host_emulation::tensor_core_shortfall;
+  }
   if (beta_value != 0.0) product += beta_value * c.to(compute);
   c.copy_(product);
   return CUBLAS_STATUS_SUCCESS;

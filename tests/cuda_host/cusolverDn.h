@@ -44,6 +44,8 @@ inline size_t syev_host_workspace_bytes = 0;  // what the _bufferSize query asks
 inline int live_solver_handles = 0;
 // batchSize of every cusolverDnXsyevBatched call, in order.
 inline std::vector<int64_t> syev_calls;
+// The largest |entry| of the matrices each call was given (cuSOLVER documents no scaling of them).
+inline std::vector<double> syev_largest_entries;
 }  // namespace host_emulation
 
 inline cusolverStatus_t cusolverGetVersion(int* version) {
@@ -140,6 +142,7 @@ inline cusolverStatus_t cusolverDnXsyevBatched(cusolverDnHandle_t handle, cusolv
   const auto lower = uplo == CUBLAS_FILL_MODE_LOWER ? matrices.tril() : matrices.triu().mT();
   const auto symmetric = lower + lower.tril(-1).mT();
   if (n == 0) return CUSOLVER_STATUS_SUCCESS;
+  host_emulation::syev_largest_entries.push_back(symmetric.abs().max().item<double>());
   // Computed in the data type, as on the device; a non-finite matrix fails with NaN outputs.
   const auto finite = at::isfinite(symmetric).flatten(1).all(1);
   auto [w, v] = at::linalg_eigh(at::where(finite.view({-1, 1, 1}), symmetric, at::zeros_like(symmetric)));
