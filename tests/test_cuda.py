@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import svdprune_cuda
-from helpers import DTYPES, METHODS, SPECTRUM, assert_top_k, designed, needs_cuda
+from helpers import DTYPES, METHODS, SPECTRUM, assert_top_k, designed, integer_low_rank, needs_cuda
 from svdprune_cuda import reference
 
 pytestmark = [pytest.mark.gpu, needs_cuda]
@@ -152,6 +152,43 @@ def test_image_beyond_the_float32_range_is_rescaled(method):
     torch.testing.assert_close(scores.double(), expected_scores, atol=2e-4, rtol=0)
     assert_top_k(indices, expected_scores, 8, tol=2e-4)
 
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_16_bit_gram_on_tensor_cores_keeps_the_numerical_rank(method):
+    # The tensor cores' float32 accumulation truncates, leaving trace(G) short of ‖X‖_F² by about
+    # the whole rank slack at D = 8192: the cut is measured against trace(G), so variance 1 still
+    # finds rank 5 (exact integers: bfloat16 holds X, float32 its products).
+    x = integer_low_rank(576, 8192, 5, batch=2).bfloat16()
+    expected_scores, expected_rank = reference.leverage(x, 1.0)
+    assert expected_rank.tolist() == [5, 5]
+    scores, rank = on_cpu(torch.ops.svdprune.leverage(cuda(x), 1.0, method))
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("ratio,variance", [(0.9995, 0.25), (0.998, 0.42)])
+def test_a_randomized_rank_without_spare_sketch_columns_is_unresolved(ratio, variance):
+    # Exact ranks 116 and 119, just below the 128-column sketch: a cut among the least-converged
+    # Ritz values would overshoot, so the rank is reported as unresolved (the sketch width).
+    x = designed(576, 1024, (ratio ** torch.arange(576.0)).tolist()).float()
+    assert 128 - 16 < reference.leverage(x, variance)[1].item() < 128 - 8
+    _, rank = torch.ops.svdprune.leverage(cuda(x), variance, "randomized")
+    assert rank.item() == sketch_width() == 128
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("exponent", [30, -30])
+def test_images_within_the_cpus_unscaled_range_match_the_reference(method, dtype, exponent):
+    # Within 2^±32 the CPU leaves the scale to LAPACK; CUDA normalises every image before cuSOLVER,
+    # whose Gram entries here would otherwise lie near 2^±60.
+    x = designed(256, 512, SPECTRUM, noise=1e-3, batch=2).to(dtype) * 2.0**exponent
+    indices, scores, rank = on_cpu(torch.ops.svdprune.select(cuda(x), 16, 0.9, method))
+    expected_scores, expected_rank = reference.leverage(x)
+    assert torch.equal(rank, expected_rank)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=2e-3, rtol=0)
+    assert_top_k(indices, expected_scores, 16, tol=2e-3)
 
 # The exact path's eigensolver works on a tokens × tokens Gram matrix here (N < D): its size is
 # what decides which cuSOLVER algorithm runs inside the captured call. Beyond the sizes known to
