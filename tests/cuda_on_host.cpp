@@ -24,10 +24,14 @@ using svdprune::cuda::Context;
 // Lowered by tests to run small batches through several eigensolver calls.
 int64_t max_solver_batch = svdprune::cuda::kMaxSolverBatch;
 
-// The emulation runs every launch in order, on the one stream there is (the default stream).
+// The stream a thread's calls name (the default stream unless a test sets another). The
+// emulation runs every launch at once, in order, whatever the stream; the name reaches the
+// library handles, whose binding the stand-ins record.
+thread_local cudaStream_t current_stream = nullptr;
+
 Context host_context(Buffers& buffers) {
   static cublasContext blas;
-  Context ctx{nullptr, &blas, [&buffers](size_t bytes) { return buffers.allocate(bytes); }};
+  Context ctx{current_stream, &blas, [&buffers](size_t bytes) { return buffers.allocate(bytes); }};
   ctx.max_solver_batch = max_solver_batch;
   return ctx;
 }
@@ -118,7 +122,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         [](int bytes) { return std::exchange(host_emulation::shared_memory_per_block_optin, bytes); });
   m.def("set_max_syev_batch", [](int64_t limit) { host_emulation::max_syev_batch = limit; });
   m.def("set_syev_host_workspace_bytes", [](size_t bytes) { host_emulation::syev_host_workspace_bytes = bytes; });
-  m.def("set_capturing", [](bool capturing) { host_emulation::capturing[nullptr] = capturing; });
+  m.def("set_stream",  // names the calling thread's stream: 0 is the default stream
+        [](int64_t stream) { current_stream = reinterpret_cast<cudaStream_t>(static_cast<intptr_t>(stream)); });
+  m.def("set_capturing", [](bool capturing) { host_emulation::capturing[current_stream] = capturing; });
+  m.def("solver_handle_streams", [] {  // the streams each handle was bound to, as their numbers
+    std::vector<std::vector<int64_t>> streams;
+    for (const auto& [handle, bound] : host_emulation::solver_handle_streams) {
+      auto& numbers = streams.emplace_back();
+      for (const cudaStream_t stream : bound) numbers.push_back(reinterpret_cast<intptr_t>(stream));
+    }
+    return streams;
+  });
   m.def("set_tensor_core_shortfall",  // returns the previous shortfall
         [](double shortfall) { return std::exchange(host_emulation::tensor_core_shortfall, shortfall); });
   m.def("live_solver_handles", [] { return host_emulation::live_solver_handles; });

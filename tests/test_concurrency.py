@@ -43,3 +43,26 @@ def test_concurrent_calls_match_serial_calls(device):
         for i, future in futures:
             for got, want in zip(future.result(), serial[i]):
                 assert torch.equal(got, want), (i, work[i][2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_threads_on_their_own_cuda_streams_match_serial_calls():
+    # Each thread queues its calls on a stream of its own, without waiting for them: the
+    # eigensolvers of different streams overlap on the GPU, each on a handle of its stream's.
+    work = calls()
+    serial = [run_on("cuda", op, x, *args) for op, x, args in work]
+    inputs = [x.cuda() for _, x, _ in work]
+
+    def on_a_stream_of_its_own(_):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            outputs = [op(x, *args) for (op, _, args), x in zip(work, inputs) for _ in range(2)]
+        stream.synchronize()
+        return outputs
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for outputs in pool.map(on_a_stream_of_its_own, range(4)):
+            for i, output in enumerate(outputs):
+                for got, want in zip(output, serial[i // 2]):
+                    assert torch.equal(got.cpu(), want), work[i // 2][2]

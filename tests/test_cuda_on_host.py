@@ -232,6 +232,16 @@ host.set_capturing(False)
 expected = cuda_on_host.leverage(x)
 host.set_capturing(True)
 assert all(torch.equal(a, b) for a, b in zip(cuda_on_host.leverage(x), expected))  # warmed up
+host.set_capturing(False)
+# torch.cuda.graph captures on a stream of its own, after a warm-up on another: the capture
+# adopts the idle handle, as no handle may be created while capturing.
+host.set_stream(7)
+host.set_capturing(True)
+assert all(torch.equal(a, b) for a, b in zip(cuda_on_host.leverage(x), expected))
+assert host.live_solver_handles() == 1
+host.set_capturing(False)
+host.set_stream(0)
+host.set_capturing(True)
 host.set_syev_host_workspace_bytes(64)
 try:
     cuda_on_host.leverage(x)
@@ -302,6 +312,33 @@ def test_solver_handles_are_pooled_not_per_thread(host):
         t.start()
         t.join()  # one after the other: each short-lived thread borrows the same idle handle
     assert host.live_solver_handles() == handles == 1
+
+
+def test_a_solver_handle_serves_one_stream_whatever_the_threads(host):
+    # A handle goes back to the pool when the host call returns, while its eigensolver may still
+    # run on the GPU: a call on another stream must not take it (cuSOLVER's cuBLAS calls are not
+    # deterministic for one handle on parallel streams); a later call on the same stream may.
+    import threading
+
+    x = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(0))
+    expected = cuda_on_host.leverage(x)
+    results = {1: [], 2: []}
+
+    def on_stream(stream):
+        host.set_stream(stream)
+        for _ in range(3):
+            results[stream].append(cuda_on_host.leverage(x))
+
+    threads = [threading.Thread(target=on_stream, args=(stream,)) for stream in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bindings = host.solver_handle_streams()
+    assert all(len(streams) == 1 for streams in bindings), bindings
+    assert {1, 2} <= {stream for streams in bindings for stream in streams}
+    for got in results[1] + results[2]:
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 def test_randomized_reports_an_unresolved_rank_as_the_sketch_width_and_auto_is_exact():

@@ -211,27 +211,33 @@ void gemm(const Context& ctx, cublasOperation_t transa, cublasOperation_t transb
   }
 }
 
-// cuSOLVER handles: a process-wide pool per device, of which each eigensolver call borrows one
-// for its duration and binds it to its stream. There are thus never more handles than calls
-// that ran at once, whatever the threads and streams (a short-lived thread leaks nothing), and
-// no handle is shared by two calls at a time (cuSOLVER requires that). A handle is only created
-// outside CUDA graph capture: the first call on a device under capture fails and asks for a
-// warm-up call before capturing. The handles are never destroyed: at process exit the CUDA
-// context may already be gone.
+// cuSOLVER handles: a process-wide pool per (device, stream), of which each eigensolver call
+// borrows one for its duration. A handle is bound to one stream for good: it goes back to the
+// pool when the host call returns, while its work may still run on the GPU, and a call on
+// another stream must not overlap that work on the same handle (cuSOLVER calls cuBLAS, whose
+// results are not deterministic for one handle on parallel streams). A later call on the same
+// stream is queued behind it. There are thus never more handles than calls that ran at once on
+// each stream, whatever the threads (a short-lived thread leaks nothing), and no handle is shared
+// by two calls at a time (cuSOLVER requires that).
+// A handle is only created outside CUDA graph capture. Under capture, a stream without a handle
+// (torch.cuda.graph captures on a stream of its own, after a warm-up on another) adopts an idle
+// handle of the device and keeps it: capturing runs nothing on the GPU. The first call on a
+// device under capture fails and asks for a warm-up call before capturing. The handles are never
+// destroyed: at process exit the CUDA context may already be gone.
 class SolverHandle {
  public:
-  explicit SolverHandle(cudaStream_t stream) {
+  explicit SolverHandle(cudaStream_t stream) : stream_(stream) {
     SVDPRUNE_CUDA_CHECK(cudaGetDevice(&device_));
+    const bool captured = capturing(stream);
     {
       const std::lock_guard<std::mutex> lock(mutex());
-      std::vector<cusolverDnHandle_t>& idle = pool()[device_];
-      if (!idle.empty()) {
-        handle_ = idle.back();
-        idle.pop_back();
+      handle_ = take(idle()[{device_, stream}]);
+      for (auto it = idle().begin(); handle_ == nullptr && captured && it != idle().end(); ++it) {
+        if (it->first.first == device_) handle_ = take(it->second);
       }
     }
     if (handle_ == nullptr) {
-      if (capturing(stream)) {
+      if (captured) {
         fail("cuSOLVER", "cusolverDnCreate",
              "no idle handle while a CUDA graph is being captured: run the op once on this device before capturing");
       }
@@ -241,23 +247,31 @@ class SolverHandle {
   }
   ~SolverHandle() {
     const std::lock_guard<std::mutex> lock(mutex());
-    pool()[device_].push_back(handle_);
+    idle()[{device_, stream_}].push_back(handle_);
   }
   SolverHandle(const SolverHandle&) = delete;
   SolverHandle& operator=(const SolverHandle&) = delete;
   cusolverDnHandle_t get() const { return handle_; }
 
  private:
+  using Pool = std::map<std::pair<int, cudaStream_t>, std::vector<cusolverDnHandle_t>>;
   static std::mutex& mutex() {
     static std::mutex pool_mutex;
     return pool_mutex;
   }
-  static std::map<int, std::vector<cusolverDnHandle_t>>& pool() {
-    static auto* idle = new std::map<int, std::vector<cusolverDnHandle_t>>;  // never destroyed, see above
-    return *idle;
+  static Pool& idle() {
+    static auto* pool = new Pool;  // never destroyed, see above
+    return *pool;
+  }
+  static cusolverDnHandle_t take(std::vector<cusolverDnHandle_t>& handles) {
+    if (handles.empty()) return nullptr;
+    const cusolverDnHandle_t handle = handles.back();
+    handles.pop_back();
+    return handle;
   }
 
   int device_ = 0;
+  cudaStream_t stream_;
   cusolverDnHandle_t handle_ = nullptr;
 };
 

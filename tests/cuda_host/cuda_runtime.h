@@ -70,7 +70,9 @@ inline const char* cudaGetErrorString(cudaError_t error) {
 }
 
 inline cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
-  *status = host_emulation::capturing[stream] ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+  const auto marked = host_emulation::capturing.find(stream);
+  *status = marked != host_emulation::capturing.end() && marked->second ? cudaStreamCaptureStatusActive
+                                                                          : cudaStreamCaptureStatusNone;
   return cudaSuccess;
 }
 

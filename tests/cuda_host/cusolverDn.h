@@ -18,6 +18,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <set>
 #include <vector>
 
 enum cusolverStatus_t {
@@ -42,6 +44,8 @@ namespace host_emulation {
 inline int64_t max_syev_batch = 16384;
 inline size_t syev_host_workspace_bytes = 0;  // what the _bufferSize query asks for on the host
 inline int live_solver_handles = 0;
+// Every stream each handle was bound to, by cusolverDnSetStream.
+inline std::map<cusolverDnHandle_t, std::set<cudaStream_t>> solver_handle_streams;
 // batchSize of every cusolverDnXsyevBatched call, in order.
 inline std::vector<int64_t> syev_calls;
 // The largest |entry| of the matrices each call was given (cuSOLVER documents no scaling of them).
@@ -69,6 +73,7 @@ inline cusolverStatus_t cusolverDnDestroy(cusolverDnHandle_t handle) {
 inline cusolverStatus_t cusolverDnSetStream(cusolverDnHandle_t handle, cudaStream_t stream) {
   if (handle == nullptr) return CUSOLVER_STATUS_NOT_INITIALIZED;
   handle->stream = stream;
+  host_emulation::solver_handle_streams[handle].insert(stream);
   return CUSOLVER_STATUS_SUCCESS;
 }
 
