@@ -168,3 +168,37 @@ def kept_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, kinds) ->
         slots = input_ids == token_id
         keep[slots] = torch.cat(list(masks))
     return keep
+
+
+# -- watching a model at work ---------------------------------------------------------------------
+
+
+class OutputsRequireGrad:
+    """Records, for every call of ``module``, whether its output takes part in autograd (a context manager)."""
+
+    def __init__(self, module):
+        self.calls = []
+        self.handle = module.register_forward_hook(self.hook)
+
+    def hook(self, module, args, output):
+        first = output if isinstance(output, torch.Tensor) else output[0]
+        self.calls.append(first.requires_grad)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.handle.remove()
+
+
+class RecordingStreamer:
+    """A ``generate`` streamer that keeps what it is given: ``puts`` (the prompt, then the new tokens) and ``ended``."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append(value)
+
+    def end(self):
+        self.ended = True

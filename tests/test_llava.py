@@ -3,6 +3,9 @@
 Runs with transformers 5.x and 4.57.x (scripts/test_transformers4.sh runs it against 4.57).
 """
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +14,14 @@ pytest.importorskip("skimage")
 
 import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
-from helpers import encode, kept_layout, masked_greedy, masked_logits  # noqa: E402
+from helpers import (  # noqa: E402
+    OutputsRequireGrad,
+    RecordingStreamer,
+    encode,
+    kept_layout,
+    masked_greedy,
+    masked_logits,
+)
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
@@ -199,12 +209,25 @@ def test_training_mode_with_gradients(models, processors, images, source, budget
         finally:
             model.eval()
         assert torch.equal(handle.last_mask, eval_mask) and not handle.last_mask.requires_grad
+        assert not any(v.features.requires_grad or v.scored.requires_grad for v in handle.last_visuals)
     try:
         for part in (model.model.language_model, model.model.multi_modal_projector):
             grads = [p.grad for p in part.parameters()]
             assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     finally:
         model.zero_grad(set_to_none=True)
+
+
+def test_pruned_generate_runs_the_vision_side_without_autograd(models, processors, images):
+    # As generate runs it without pruning; the handle then holds no graph, and the model copies.
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    with torch.enable_grad(), llava.prune(model, processor, budget=16) as handle:
+        with OutputsRequireGrad(model.model.multi_modal_projector) as projector:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert projector.calls == [False]
+        assert not any(v.features.requires_grad or v.scored.requires_grad for v in handle.last_visuals)
+        copy.deepcopy(model)
 
 
 @pytest.mark.slow
@@ -282,6 +305,77 @@ def test_remove_restores_the_model(models, processors, images):
     assert torch.equal(model(**inputs).logits, before)
 
 
+def test_entering_a_removed_handle_installs_it_again(models, processors, images):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    unpruned = model(**inputs).logits
+    handle = llava.prune(model, processor, budget=16)
+    pruned = model(**inputs).logits
+    handle.remove()
+    with handle:
+        assert handle.active
+        assert torch.equal(model(**inputs).logits, pruned)
+    assert not handle.active and "forward" not in model.__dict__
+    assert torch.equal(model(**inputs).logits, unpruned)
+    with llava.prune(model, processor, budget=8) as other:
+        with pytest.raises(RuntimeError, match="already pruned"):
+            with handle:
+                pass
+        assert model._svdprune_handle is other and not handle.active
+
+
+def test_a_deep_copy_is_pruned_alike_by_a_handle_of_its_own(models, processors, images):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    unpruned = model(**inputs).logits
+    with llava.prune(model, processor, budget=16) as handle:
+        pruned = model(**inputs).logits
+        twin = copy.deepcopy(model)
+        with LanguageModelInputs(model) as seen, OutputsRequireGrad(model.model.vision_tower) as tower:
+            assert torch.equal(twin(**inputs).logits, pruned)
+        assert not seen.calls and not tower.calls  # the copy runs its own modules
+        twin_handle = twin._svdprune_handle
+        assert twin_handle is not handle and twin_handle.model is twin
+        twin_handle.remove()
+        assert "forward" not in twin.__dict__ and "generate" not in twin.__dict__
+        assert torch.equal(twin(**inputs).logits, unpruned)
+        with llava.prune(twin, processor, budget=8) as again:
+            twin(**inputs)
+            assert again.last_mask.sum().item() == 8
+        assert handle.active and torch.equal(model(**inputs).logits, pruned)
+
+
+def test_a_streamer_receives_the_callers_prompt(models, processors, images):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    streamer = RecordingStreamer()
+    with llava.prune(model, processor, budget=16):
+        output = model.generate(**inputs, max_new_tokens=3, do_sample=False, streamer=streamer)
+        several = RecordingStreamer()
+        model.generate(**inputs, max_new_tokens=1, do_sample=True, num_return_sequences=2, streamer=several)
+    assert torch.equal(streamer.puts[0], inputs.input_ids)
+    assert torch.equal(torch.cat([new.view(1, -1) for new in streamer.puts[1:]], dim=1), output[:, -3:])
+    assert streamer.ended
+    assert torch.equal(several.puts[0], inputs.input_ids.repeat(2, 1))
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_pruned_through_its_module(models, processors, images):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    unpruned = model(**inputs).logits
+    with llava.prune(model, processor, budget=16):
+        pruned = model(**inputs).logits
+    compiled = torch.compile(model, backend="eager")
+    try:
+        with llava.prune(compiled, processor, budget=16) as handle:
+            assert handle.model is model
+            torch.testing.assert_close(compiled(**inputs).logits, pruned, **TOLERANCE[torch.float32])
+        torch.testing.assert_close(compiled(**inputs).logits, unpruned, **TOLERANCE[torch.float32])
+    finally:
+        torch._dynamo.reset()
+
+
 # -- positions="keep": the masking reference ---------------------------------------------------
 
 
@@ -326,7 +420,12 @@ def test_kept_positions_equal_the_masked_reference(models, processors, images, p
         (dict(variance=1.5), ValueError, "variance"),
         (dict(strategy="qr"), ValueError, "strategy"),
         (dict(budget=None, strategy="pivoted"), ValueError, "needs an int budget"),
+        (dict(budget=torch.tensor(16.0)), ValueError, "budget"),
+        (dict(budget=torch.tensor(True)), ValueError, "budget"),
+        (dict(budget=np.bool_(True)), ValueError, "budget"),
         (dict(positions="3d"), ValueError, r"positions must be one of \('compact', 'keep'\)"),
+        (dict(scope="tile"), ValueError, r"scope must be one of \('image',\) for LLaVA-1.5"),
+        (dict(processor=42), TypeError, "processor must be the model's processor or its tokenizer"),
     ],
 )
 def test_bad_arguments(models, kwargs, error, match):
@@ -334,6 +433,39 @@ def test_bad_arguments(models, kwargs, error, match):
     with pytest.raises(error, match=match):
         llava.prune(model, **kwargs)
     assert "forward" not in model.__dict__
+
+
+@pytest.mark.parametrize("budget", [np.int64(16), torch.tensor(16)])
+def test_integer_budgets_of_any_kind(models, processors, images, budget):
+    model, processor = models[torch.float32], processors["left"]
+    with llava.prune(model, processor, budget=budget) as handle:
+        model(**encode(processor, images[:2], PROMPTS))
+    assert type(handle.budget) is int and handle.last_mask.sum(1).tolist() == [16, 16]
+
+
+def test_a_tokenizer_serves_as_the_processor(models, processors, images):
+    # Unpadded rows keep different numbers of tokens (adaptive budget): they are re-padded on the
+    # tokenizer's side.
+    model, tokenizer = models[torch.float32], processors["right"].tokenizer
+    inputs = encode(processors["right"], images[:2], [PROMPTS[1]] * 2)
+    assert inputs.attention_mask.all()
+    with llava.prune(model, tokenizer, budget=None, variance=0.5) as handle:
+        with LanguageModelInputs(model) as seen:
+            model(**inputs)
+    assert handle.tokenizer is tokenizer
+    mask = seen.calls[0]["attention_mask"]
+    assert not mask[:, -1].all() and mask[:, 0].all()
+
+
+def test_pixel_values_of_the_wrong_shape_are_reported(models, processors, images):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    expected = r"LLaVA-1.5: pixel_values must be \[images, channels, height, width\].*got shape \(3, 336, 336\)"
+    with llava.prune(model, processor, budget=16):
+        with pytest.raises(ValueError, match=expected):
+            model(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values[0])
+        with pytest.raises(ValueError, match=expected):
+            model.generate(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values[0], max_new_tokens=1)
 
 
 def test_rejects_models_that_are_not_llava(models):

@@ -4,6 +4,8 @@
 4.57.x (scripts/test_transformers4.sh runs it against 4.57).
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ pytest.importorskip("skimage")
 
 import svdprune  # noqa: E402
 import svdprune_cuda  # noqa: E402
-from helpers import encode  # noqa: E402
+from helpers import OutputsRequireGrad, encode  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
@@ -218,6 +220,33 @@ def test_outputs_follow_the_callers_layout_and_remove_restores(model, processors
     assert torch.equal(model(**inputs).logits, before)
 
 
+def test_pruned_generate_runs_the_vision_side_without_autograd(model, processors, images):
+    # As generate runs it without pruning; the handle then holds no graph, and the model copies.
+    processor = processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    with torch.enable_grad(), svdprune.prune(model, processor, budget=16, source="vision") as handle:
+        with OutputsRequireGrad(model.model.multi_modal_projector) as projector:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert projector.calls == [False]
+        assert not any(v.features.requires_grad or v.scored.requires_grad for v in handle.last_visuals)
+        copy.deepcopy(model)
+
+
+def test_a_deep_copy_is_pruned_alike_by_a_handle_of_its_own(model, processors, images):
+    processor = processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    unpruned = model(**inputs).logits
+    with svdprune.prune(model, processor, budget=16) as handle:
+        pruned = model(**inputs).logits
+        twin = copy.deepcopy(model)
+        assert torch.equal(twin(**inputs).logits, pruned)
+        assert twin._svdprune_handle is not handle and twin._svdprune_handle.model is twin
+        twin._svdprune_handle.remove()
+        assert "forward" not in twin.__dict__ and "generate" not in twin.__dict__
+        assert torch.equal(twin(**inputs).logits, unpruned)
+        assert handle.active and torch.equal(model(**inputs).logits, pruned)
+
+
 def test_bad_input_is_reported(model, processors, images):
     processor = processors["left"]
     inputs = encode(processor, [images[2]], PROMPTS[:1])  # 2 x 1 tiles, 64 + 128 tokens at most
@@ -235,6 +264,9 @@ def test_bad_input_is_reported(model, processors, images):
             model(**without_sizes)
         with pytest.raises(ValueError, match="image_sizes"):
             model.generate(**without_sizes, max_new_tokens=1)
+        with pytest.raises(ValueError, match=r"LLaVA-NeXT: pixel_values must be \[images, crops, channels, height, "
+                           r"width\] or \[crops, channels, height, width\]"):
+            model(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values[0, 0], image_sizes=inputs.image_sizes)
     with pytest.raises(ValueError, match="scope"):
         svdprune.prune(model, scope="video")
     with pytest.raises(ValueError, match="budget"):

@@ -178,3 +178,5 @@ def test_adaptive_video_and_bad_input(model, processors, clips):
     with svdprune.prune(model, processor, budget=4):
         with pytest.raises(ValueError, match="video tokens do not match"):
             model(input_ids=inputs.input_ids[:, 5:], pixel_values_videos=inputs.pixel_values_videos)
+        with pytest.raises(ValueError, match=r"pixel_values_videos must be \[videos, frames, channels, height, width\]"):
+            model(input_ids=inputs.input_ids, pixel_values_videos=inputs.pixel_values_videos[0])

@@ -8,6 +8,7 @@ on the whole sequence with the dropped tokens hidden from attention by a 4-D mas
 transformers 5.x and 4.57.x (scripts/test_transformers4.sh runs it against 4.57).
 """
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,7 @@ pytest.importorskip("skimage")
 
 import svdprune  # noqa: E402
 import svdprune_cuda  # noqa: E402
-from helpers import encode, kept_layout, masked_greedy, masked_logits  # noqa: E402
+from helpers import OutputsRequireGrad, encode, kept_layout, masked_greedy, masked_logits  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import QWEN_IMAGE, QWEN_VIDEO, LanguageModelInputs, last_real_logits  # noqa: E402
 
@@ -199,6 +200,35 @@ def test_full_budget_changes_nothing_and_remove_restores(qwen, images):
     assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), generated)
 
 
+def test_pruned_generate_runs_the_vision_side_without_autograd(qwen, images):
+    # As generate runs it without pruning; the handle then holds no graph, and the model copies.
+    model, processor = qwen.model, qwen.processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    with torch.enable_grad(), svdprune.prune(model, processor, budget=16, source="vision") as handle:
+        with OutputsRequireGrad(model.model.visual.merger) as merger:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert merger.calls and not any(merger.calls)
+        assert not any(v.features.requires_grad or v.scored.requires_grad for v in handle.last_visuals)
+        copy.deepcopy(model)
+
+
+def test_a_deep_copy_is_pruned_alike_by_a_handle_of_its_own(qwen, images):
+    model, processor = qwen.model, qwen.processors["left"]
+    inputs = encode(processor, images[1:], PROMPTS)
+    unpruned = model(**inputs).logits
+    with svdprune.prune(model, processor, budget=10) as handle:
+        pruned = model(**inputs).logits
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        twin = copy.deepcopy(model)
+        assert torch.equal(twin(**inputs).logits, pruned)
+        assert torch.equal(twin.generate(**inputs, max_new_tokens=3, do_sample=False), generated)
+        assert twin._svdprune_handle is not handle and twin._svdprune_handle.model is twin
+        twin._svdprune_handle.remove()
+        assert "forward" not in twin.__dict__ and "generate" not in twin.__dict__
+        assert torch.equal(twin(**inputs).logits, unpruned)
+        assert handle.active and torch.equal(model(**inputs).logits, pruned)
+
+
 def test_bad_input_is_reported(qwen, images):
     model, processor = qwen.model, qwen.processors["left"]
     inputs = encode(processor, images[2:], PROMPTS[:1])
@@ -212,6 +242,8 @@ def test_bad_input_is_reported(qwen, images):
             model(**inputs)
         with pytest.raises(ValueError, match="needs image_grid_thw together with pixel_values"):
             model(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values)
+        with pytest.raises(ValueError, match=r"pixel_values must be \[patches, channels \* temporal_patch_size"):
+            model(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values[None], image_grid_thw=inputs.image_grid_thw)
 
 
 # -- videos -------------------------------------------------------------------------------------

@@ -13,10 +13,14 @@ with no model involved) and :mod:`.handle` (wrapping ``forward`` and ``generate`
 
 from __future__ import annotations
 
+import operator
+
+import torch
+
 import svdprune_cuda
 
 from .adapter import Adapter
-from .handle import PruneHandle
+from .handle import PruneHandle, tokenizer_of
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -60,10 +64,12 @@ def prune(
 
     Args:
         model: a supported transformers model (see ``ADAPTERS``); its ``forward`` and ``generate``
-            are wrapped in place.
-        processor: its processor (optional): the tokenizer's padding side and pad token are used
-            when the batch itself does not show them.
-        budget: visual tokens kept per image (``scope="image"``: LLaVA-NeXT and OneVision count
+            are wrapped in place. A ``torch.compile``'d model: the module it compiles is pruned,
+            and the compiled model's calls see it pruned.
+        processor: its processor, or the processor's tokenizer (optional): the tokenizer's padding
+            side and pad token are used when the batch itself does not show them.
+        budget: an integer (``operator.index``: a NumPy integer or 0-d integer tensor too): visual
+            tokens kept per image (``scope="image"``: LLaVA-NeXT and OneVision count
             the base view and all tiles together), per tile (``"tile"``), per video frame, or per
             whole video (``"video"``); ``None`` for the adaptive mode (``select_adaptive`` per
             image, tile, frame or video: the fewest tokens whose cumulative leverage reaches
@@ -77,7 +83,8 @@ def prune(
             ``"vision"`` the vision-tower features the projector reads (laid out, tiled and pooled
             as the model lays out the projected ones). Either way the language model receives the
             projected features of the kept tokens, in their original order.
-        scope: ``"image"``, ``"tile"`` or ``"video"``, what one ``budget`` covers (above).
+        scope: ``"image"``, ``"tile"`` (LLaVA-NeXT, OneVision) or ``"video"`` (OneVision, Qwen),
+            what one ``budget`` covers (above).
         positions: ``"compact"``: the language model numbers the shortened sequence afresh, as if
             the pruned tokens had never been there (the LLaVA families' default); ``"keep"``: every
             kept token, text included, keeps its position in the full sequence, and new tokens
@@ -86,14 +93,24 @@ def prune(
 
     Returns:
         A :class:`PruneHandle`; ``handle.remove()`` or ``with prune(...):`` restores the model.
+
+    A streamer given to ``generate`` receives the caller's prompt (``skip_prompt=False``), as
+    ``generate`` returns it, then the new tokens.
     """
+    # torch.compile's OptimizedModule calls its module's own forward, which pruning the module wraps.
+    model = getattr(model, "_orig_mod", model)
     adapter = adapter_for(model)
-    if getattr(model, "_svdprune_handle", None) is not None:
-        raise RuntimeError("svdprune.prune: this model is already pruned; call .remove() on its handle first")
+    if processor is not None and tokenizer_of(processor) is None:
+        raise TypeError(
+            "processor must be the model's processor or its tokenizer (an object with padding_side and "
+            f"pad_token_id, or whose .tokenizer has them), got {type(processor).__name__}"
+        )
     most = adapter.fixed_tokens
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1 or (most and budget > most)):
+    count = None if budget is None else _integer(budget)
+    if budget is not None and (count is None or count < 1 or (most and count > most)):
         limit = f"[1, {most}] (tokens per image)" if most else ">= 1"
         raise ValueError(f"budget must be an int in {limit} or None for adaptive, got {budget!r}")
+    budget = count
     if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1], got {variance!r}")
     if method not in svdprune_cuda.METHODS:
@@ -111,3 +128,13 @@ def prune(
         why = " (its language model places visual tokens by their 3-D grid positions)" if positions == "compact" else ""
         raise ValueError(f"positions must be one of {adapter.positions} for {adapter.family}{why}, got {positions!r}")
     return PruneHandle(model, adapter, processor, budget, float(variance), method, source, strategy, scope, positions)
+
+
+def _integer(value) -> int | None:
+    """``value`` as an ``int`` when it is an integer of any kind but a bool; ``None`` otherwise."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None

@@ -58,6 +58,16 @@ class Adapter:
         """
         raise NotImplementedError
 
+    def check_layout(self, name: str, tensor: torch.Tensor, *layouts: str) -> None:
+        """A clear error when ``tensor`` (the call's argument ``name``) has the dimensions of none of
+        the ``layouts`` the family takes (each its axes, e.g. ``"images, channels, height, width"``)."""
+        if all(tensor.dim() != len(layout.split(",")) for layout in layouts):
+            expected = " or ".join(f"[{layout}]" for layout in layouts)
+            raise ValueError(
+                f"{self.family}: {name} must be {expected}, as its processor returns them; "
+                f"got shape {tuple(tensor.shape)}"
+            )
+
     def position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, call: dict) -> torch.Tensor:
         """``[B, L, P]``: each token's position in the full sequence, as the model places it (``P``
         indices per token: 1 here, counting the real tokens of each row; 0 at padding).

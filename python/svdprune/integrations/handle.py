@@ -21,6 +21,7 @@ language model's pass over the prompt through a forward pre-hook, the kept token
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -31,9 +32,16 @@ from .adapter import Adapter
 from .batch import Rewritten, padding_side, rewrite_batch
 from .selection import select_placeholders
 
-__all__ = ["PruneHandle", "Prompt"]
+__all__ = ["PruneHandle", "Prompt", "tokenizer_of"]
 
-_MISSING = object()  # marks "no instance attribute" among the saved forward/generate
+
+def tokenizer_of(processor):
+    """The tokenizer whose padding side and pad token pruning uses: ``processor``'s own, or
+    ``processor`` itself when it is a tokenizer; ``None`` when it is neither (or ``None``)."""
+    for candidate in (getattr(processor, "tokenizer", None), processor):
+        if hasattr(candidate, "padding_side") and hasattr(candidate, "pad_token_id"):
+            return candidate
+    return None
 
 
 @dataclass
@@ -69,12 +77,16 @@ class PruneHandle:
     (visuals in placeholder order, images before videos): an ``[images, N]`` bool tensor when every
     visual has the same number N of placeholders (LLaVA-1.5), otherwise a list of ``[N_i]`` masks
     over each visual's placeholders, newlines included. ``None`` before the first such call.
+    ``last_visuals`` holds that call's visuals, detached from any autograd graph.
+
+    ``with handle:`` on a removed handle installs it again (and removes it at the end of the
+    block). A ``copy.deepcopy`` of the pruned model is pruned the same way, by a handle of its own.
     """
 
     def __init__(self, model, adapter: Adapter, processor, budget, variance, method, source, strategy, scope, positions):
         self.model = model
         self.adapter = adapter
-        self.processor = processor
+        self.tokenizer = tokenizer_of(processor)
         self.budget = budget
         self.variance = variance
         self.method = method
@@ -102,6 +114,8 @@ class PruneHandle:
         return bool(self._saved)
 
     def __enter__(self) -> "PruneHandle":
+        if not self.active:
+            self._install()
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -111,10 +125,13 @@ class PruneHandle:
 
     def _install(self) -> None:
         model = self.model
+        if getattr(model, "_svdprune_handle", None) is not None:
+            raise RuntimeError("svdprune.prune: this model is already pruned; call .remove() on its handle first")
         # Instance attributes shadow the class's methods; remember what was there (accelerate's
-        # hooks, for one, also live in the instance dict) to put it back in remove().
+        # hooks, for one, also live in the instance dict) to put it back in remove(). None: nothing
+        # (a marker that stays itself in a deep copy of the model, unlike a sentinel object).
         for name in ("forward", "generate"):
-            self._saved[name] = model.__dict__.get(name, _MISSING)
+            self._saved[name] = model.__dict__.get(name)
         forward, generate = model.forward, model.generate
         # functools.wraps keeps the signatures visible to inspect.signature, which transformers
         # uses to decide which arguments forward() and generate() accept.
@@ -127,7 +144,7 @@ class PruneHandle:
         if not self.active:
             return
         for name, previous in self._saved.items():
-            if previous is _MISSING:
+            if previous is None:
                 self.model.__dict__.pop(name, None)
             else:
                 setattr(self.model, name, previous)
@@ -137,10 +154,9 @@ class PruneHandle:
     # -- one call -------------------------------------------------------------------------------
 
     def _pad_token_id(self) -> int:
-        tokenizer = getattr(self.processor, "tokenizer", None)
         config = self.model.config
         candidates = [
-            getattr(tokenizer, "pad_token_id", None),
+            getattr(self.tokenizer, "pad_token_id", None),
             getattr(self.model.generation_config, "pad_token_id", None),
             getattr(config, "pad_token_id", None),
             getattr(getattr(config, "text_config", None), "pad_token_id", None),
@@ -168,12 +184,16 @@ class PruneHandle:
         placeholders, kept, features, masks = select_placeholders(
             input_ids, kinds, self.budget, self.variance, self.method, self.strategy
         )
-        self.last_visuals = [visual for _, _, group in kinds for visual in group]
+        # Detached: a training forward's graph belongs to its output, not to the handle.
+        self.last_visuals = [
+            dataclasses.replace(visual, features=visual.features.detach(), scored=visual.scored.detach())
+            for _, _, group in kinds
+            for visual in group
+        ]
         same_length = len({mask.shape[0] for mask in masks}) == 1
         self.last_mask = torch.stack(masks) if same_length else masks
 
-        tokenizer = getattr(self.processor, "tokenizer", None)
-        side = padding_side(attention_mask, getattr(tokenizer, "padding_side", None) or "left")
+        side = padding_side(attention_mask, getattr(self.tokenizer, "padding_side", None) or "left")
         width = embedding.embedding_dim
         batch = rewrite_batch(
             input_ids, attention_mask, placeholders, kept, features[:, :width], embedding, side=side,
@@ -266,13 +286,16 @@ class PruneHandle:
         if not self.adapter.has_visual_input(kwargs):
             return generate(inputs, *args, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
-        prompt = self._rewrite(input_ids, kwargs)
+        with torch.no_grad():  # the vision side runs as in generate itself
+            prompt = self._rewrite(input_ids, kwargs)
         pruned = prompt.batch
         # max_length / min_length count the prompt; keep the number of new tokens unchanged.
         removed = input_ids.shape[1] - pruned.input_ids.shape[1]
         for key in ("max_length", "min_length"):
             if kwargs.get(key) is not None:
                 kwargs[key] -= removed
+        if kwargs.get("streamer") is not None:
+            kwargs["streamer"] = _CallersPrompt(kwargs["streamer"], input_ids)
 
         if prompt.positions is not None or prompt.extra.shape[1] > 0:
             self._generating = prompt
@@ -293,6 +316,24 @@ class PruneHandle:
             return pruned.restore_prompt(input_ids, output)
         output.sequences = pruned.restore_prompt(input_ids, output.sequences)
         return output
+
+
+class _CallersPrompt:
+    """A streamer's stand-in that hands it the caller's prompt where ``generate`` puts the shortened
+    one (its first ``put``), as ``generate`` returns the caller's prompt too; the new tokens as they come."""
+
+    def __init__(self, streamer, prompt: torch.Tensor):
+        self.streamer = streamer
+        self.prompt = prompt
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt is not None:  # the prompt, once per sequence that generate runs for it
+            copies = value.shape[0] // self.prompt.shape[0]
+            value, self.prompt = self.prompt.cpu().repeat_interleave(copies, dim=0), None
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        self.streamer.end()
 
 
 def _check_call(input_ids, arguments: dict) -> None:

@@ -31,7 +31,6 @@ def tokens_per_image(config) -> int:
 class LlavaAdapter(Adapter):
     class_name = "LlavaForConditionalGeneration"
     family = "LLaVA-1.5"
-    scopes = ("image", "tile")  # one view per image: "tile" is the same as "image"
     options = ("vision_feature_layer", "vision_feature_select_strategy", "image_sizes")
 
     def __init__(self, model):
@@ -54,7 +53,9 @@ class LlavaAdapter(Adapter):
             raise ValueError(
                 "image_sizes (variable-resolution LLaVA variants) is not supported for LlavaForConditionalGeneration"
             )
-        vision, projected = self.crop_features(call.pop("pixel_values"), call)
+        pixel_values = call.pop("pixel_values")
+        self.check_layout("pixel_values", pixel_values, "images, channels, height, width")
+        vision, projected = self.crop_features(pixel_values, call)
         for name in self.options:
             call.pop(name, None)
         scored = projected if source == "projector" else vision

@@ -59,6 +59,8 @@ class LlavaNextAdapter(LlavaAdapter):
     def image_visuals(self, call, source, scope) -> list[Visual]:
         """The call's images (``pixel_values``, ``image_sizes``); reads the options, removes nothing."""
         pixel_values, image_sizes = call["pixel_values"], call.get("image_sizes")
+        self.check_layout("pixel_values", pixel_values, "images, crops, channels, height, width",
+                          "crops, channels, height, width")
         if image_sizes is None:
             raise ValueError(
                 f"{self.class_name} needs image_sizes together with pixel_values (the processor returns both)"

@@ -58,6 +58,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         return visuals
 
     def video_visuals(self, videos, call, source, scope) -> list[Visual]:
+        self.check_layout("pixel_values_videos", videos, "videos, frames, channels, height, width")
         count, frames = videos.shape[:2]
         vision, projected = self.crop_features(videos.flatten(0, 1), call)
         pool = self.model.model.apply_pooling  # channel-wise, so it pools the vision features alike

@@ -58,6 +58,7 @@ class Qwen2_5_VLAdapter(Adapter):
                 continue
             if grids is None:
                 raise ValueError(f"{self.class_name} needs {grid_name} together with {pixels_name} (the processor returns both)")
+            self.check_layout(pixels_name, pixels, "patches, channels * temporal_patch_size * patch_size ** 2")
             found[kind] = (pixels, grids)
         return found
 
