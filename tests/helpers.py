@@ -202,3 +202,32 @@ class RecordingStreamer:
 
     def end(self):
         self.ended = True
+
+
+def assert_a_follow_up_turn_continues_the_cache(model, tokenizer, inputs, visual: dict, tolerance: dict) -> None:
+    """Under a pruning handle: a second turn that continues the first turn's KV cache answers as
+    the whole conversation re-encoded with its images does, for generate and for forward; a
+    conversation that does not begin with the first turn's prompt is refused."""
+    cache_of = lambda output: output.cache if hasattr(output, "cache") else output.past_key_values  # 5.x, 4.x
+    follow_up = tokenizer(" USER: And its colours? ASSISTANT:", add_special_tokens=False, return_tensors="pt").input_ids
+    first = model.generate(**inputs, **visual, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+    conversation = torch.cat([first.sequences, follow_up.expand(first.sequences.shape[0], -1)], dim=1)
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(conversation[:, inputs["input_ids"].shape[1]:])], 1)
+    settings = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    again = model.generate(input_ids=conversation, attention_mask=mask, **visual, **settings)
+    with pytest.raises(ValueError, match="must begin with that call's input_ids"):
+        model.generate(input_ids=conversation[:, 1:], past_key_values=cache_of(first), **settings)
+    continued = model.generate(
+        input_ids=conversation, attention_mask=mask, past_key_values=cache_of(first), **settings
+    )
+    assert continued.sequences.shape[1] > conversation.shape[1]
+    assert torch.equal(continued.sequences, again.sequences)
+    torch.testing.assert_close(torch.stack(continued.logits, 1), torch.stack(again.logits, 1), **tolerance)
+
+    # forward: the prompt with its images, then one more token on the cache it built.
+    prompt = model(**inputs, **visual, use_cache=True)
+    token = prompt.logits[:, -1:].argmax(-1)
+    step_mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1)
+    step = model(input_ids=token, attention_mask=step_mask, past_key_values=cache_of(prompt))
+    whole = model(input_ids=torch.cat([inputs["input_ids"], token], 1), attention_mask=step_mask, **visual)
+    torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], **tolerance)

@@ -16,6 +16,7 @@ import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
 from helpers import (  # noqa: E402
     OutputsRequireGrad,
+    assert_a_follow_up_turn_continues_the_cache,
     RecordingStreamer,
     encode,
     kept_layout,
@@ -285,6 +286,15 @@ def test_forward_outputs_follow_the_callers_layout(models, processors, images):
         pruned_text = model(**text_only).logits
     assert torch.equal(pruned_text, model(**text_only).logits)
 
+
+def test_a_follow_up_turn_continues_the_pruned_cache(models, processors, images):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:2], PROMPTS)
+    with llava.prune(model, processor, budget=16, method="exact"):
+        assert_a_follow_up_turn_continues_the_cache(
+            model, processor.tokenizer, {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask},
+            {"pixel_values": inputs.pixel_values}, TOLERANCE[torch.float32],
+        )
 
 def test_remove_restores_the_model(models, processors, images):
     model, processor = models[torch.float32], processors["left"]

@@ -19,7 +19,7 @@ pytest.importorskip("skimage")
 
 import svdprune  # noqa: E402
 import svdprune_cuda  # noqa: E402
-from helpers import OutputsRequireGrad, encode, kept_layout, masked_greedy, masked_logits  # noqa: E402
+from helpers import OutputsRequireGrad, assert_a_follow_up_turn_continues_the_cache, encode, kept_layout, masked_greedy, masked_logits  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import QWEN_IMAGE, QWEN_VIDEO, LanguageModelInputs, last_real_logits  # noqa: E402
 
@@ -199,6 +199,16 @@ def test_full_budget_changes_nothing_and_remove_restores(qwen, images):
     assert torch.equal(model(**inputs).logits, logits)
     assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), generated)
 
+
+def test_a_follow_up_turn_continues_the_pruned_cache(qwen, images):
+    # positions="keep": the follow-up's positions continue from the first turn's, as unpruned.
+    model, processor = qwen.model, qwen.processors["left"]
+    inputs = encode(processor, images[1:], PROMPTS)
+    text = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask}
+    # mm_token_type_ids (transformers 5.x) lays out the first prompt only: the model derives it.
+    visual = {key: value for key, value in inputs.items() if key not in (*text, "mm_token_type_ids")}
+    with svdprune.prune(model, processor, budget=10, method="exact"):
+        assert_a_follow_up_turn_continues_the_cache(model, processor.tokenizer, text, visual, TOLERANCE)
 
 def test_pruned_generate_runs_the_vision_side_without_autograd(qwen, images):
     # As generate runs it without pruning; the handle then holds no graph, and the model copies.

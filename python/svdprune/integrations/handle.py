@@ -16,6 +16,11 @@ than the row's largest position, as the unpruned model continues (transformers' 
 Passing them at every step makes the continuation independent of how each transformers version
 tracks it. Visual features that a family feeds into later layers (Qwen3-VL's deepstack) reach the
 language model's pass over the prompt through a forward pre-hook, the kept tokens' only.
+
+Follow-up turns: the KV cache of a pruned call holds the shortened prompt, so the handle keeps
+that prompt on the cache (:class:`CachedPrompt`), and a later call that continues the cache
+without images is laid out as the cache is: the caller's ids (beginning with the earlier call's)
+and attention mask shortened alike, positions continued.
 """
 
 from __future__ import annotations
@@ -70,6 +75,77 @@ class Prompt:
         return ids[0] if ids.shape[0] == 1 else ids
 
 
+
+@dataclass
+class CachedPrompt:
+    """What a KV cache built by a pruned call holds, kept on the cache (as ``_svdprune_prompt``)
+    so that a later call continuing it is laid out as the cache is: the cache starts with the
+    shortened prompt, the caller's sequences with the caller's."""
+
+    callers_prompt: torch.Tensor  # [B, L] the caller's input_ids of the pruned call
+    prompt: Prompt  # the shortened prompt, its positions and where the sequence goes on from it
+
+    @property
+    def removed(self) -> int:
+        return self.callers_prompt.shape[1] - self.prompt.batch.input_ids.shape[1]
+
+    def check_rows(self, rows: int) -> None:
+        if rows != self.callers_prompt.shape[0]:
+            raise ValueError(
+                f"svdprune: past_key_values holds the pruned prompt of {self.callers_prompt.shape[0]} rows, "
+                f"got {rows} (several sequences per prompt cannot be continued): pass the conversation "
+                "with its pixel_values again, without past_key_values"
+            )
+
+    def shorten_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The caller's ``input_ids`` (the pruned call's sequences, then more) as the cache continues them."""
+        self.check_rows(input_ids.shape[0])
+        length = self.callers_prompt.shape[1]
+        callers = self.callers_prompt.to(input_ids.device)
+        if input_ids.shape[1] < length or not torch.equal(input_ids[:, :length], callers):
+            raise ValueError(
+                "svdprune: past_key_values comes from a pruned call and holds its shortened prompt: input_ids "
+                "must begin with that call's input_ids (as its returned sequences do), or pass the conversation "
+                "with its pixel_values again, without past_key_values"
+            )
+        shortened = self.prompt.batch.input_ids.to(input_ids.device)
+        return torch.cat([shortened, input_ids[:, length:]], dim=1)
+
+    def shorten_mask(self, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor:
+        """The caller's ``attention_mask`` over ``length`` tokens in its layout, in the cache's."""
+        shortened = self.prompt.batch.attention_mask
+        if attention_mask is None:
+            rest = shortened.new_ones(shortened.shape[0], length - self.callers_prompt.shape[1])
+            return torch.cat([shortened, rest], dim=1)
+        if attention_mask.shape != (shortened.shape[0], length):
+            raise ValueError(
+                f"svdprune: attention_mask must cover the whole sequence in the caller's layout, "
+                f"{length} tokens, got shape {tuple(attention_mask.shape)}"
+            )
+        rest = attention_mask[:, self.callers_prompt.shape[1] :].to(shortened)
+        return torch.cat([shortened.to(rest.device), rest], dim=1)
+
+
+def cache_of(arguments) -> object | None:
+    """The KV cache among a call's arguments (a dict) or in a model's output: ``cache`` in
+    transformers 5.x, ``past_key_values`` in 4.x."""
+    get = arguments.get if isinstance(arguments, dict) else lambda name: getattr(arguments, name, None)
+    cache = get("cache")
+    return get("past_key_values") if cache is None else cache
+
+
+def cached_prompt(call: dict) -> CachedPrompt | None:
+    return getattr(cache_of(call), "_svdprune_prompt", None)
+
+
+def remember_prompt(output, callers_prompt: torch.Tensor, prompt: Prompt) -> None:
+    cache = cache_of(output)
+    if cache is not None and getattr(cache, "_svdprune_prompt", None) is None:
+        try:
+            cache._svdprune_prompt = CachedPrompt(callers_prompt, prompt)
+        except AttributeError:  # a cache type that takes no attributes: left as it is
+            pass
+
 class PruneHandle:
     """Returned by :func:`svdprune.prune`. ``remove()`` (or leaving the ``with`` block) restores the model.
 
@@ -98,6 +174,7 @@ class PruneHandle:
         self.last_visuals: list | None = None  # the adapter's description of the latest visuals
         self._saved: dict[str, object] = {}
         self._generating: Prompt | None = None  # the prompt of a running generate that needs positions or extras
+        self._generate_depth = 0  # > 0 while a generate that this handle started runs
         self._install()
 
     def __repr__(self) -> str:
@@ -239,6 +316,9 @@ class PruneHandle:
         if not self.adapter.has_visual_input(call):
             if self._generating is not None:
                 return self._generation_step(forward, call, self._generating)
+            cached = None if self._generate_depth else cached_prompt(call)
+            if cached is not None:
+                return self._continued_forward(forward, call, cached)
             return forward(*args, **kwargs)
         input_ids = call.pop("input_ids", None)
         prompt = self._rewrite(input_ids, call)
@@ -262,6 +342,7 @@ class PruneHandle:
                 return_dict=True,
                 **call,
             )
+        remember_prompt(output, input_ids, prompt)
         # Lay the logits out like the caller's input_ids, then apply logits_to_keep there.
         logits = pruned.restore(output.logits)
         if isinstance(logits_to_keep, int):
@@ -270,12 +351,28 @@ class PruneHandle:
             output.logits = logits[:, logits_to_keep]
         return output.to_tuple() if wants_tuple else output
 
+    def _continued_forward(self, forward, call: dict, cached: CachedPrompt):
+        """A forward over new tokens after a cache that a pruned call built: the caller's
+        attention mask (and positions) laid out as the cache is."""
+        tokens = call.get("inputs_embeds")
+        tokens = call["input_ids"] if tokens is None else tokens
+        cached.check_rows(tokens.shape[0])
+        if call.get("position_ids") is not None:
+            raise ValueError("svdprune: position_ids cannot be given when continuing a pruned call's cache")
+        start = int(cache_of(call).get_seq_length())
+        call["attention_mask"] = cached.shorten_mask(call.get("attention_mask"), start + cached.removed + tokens.shape[1])
+        if call.get("cache_position") is not None:  # transformers 4.x
+            call["cache_position"] = torch.arange(tokens.shape[1], device=call["cache_position"].device) + start
+        if cached.prompt.positions is not None:
+            call["position_ids"] = cached.prompt.position_ids(start, tokens.shape[1], tokens.shape[0])
+        return forward(**call)
+
     def _generation_step(self, forward, call: dict, prompt: Prompt):
         """One step of a pruned ``generate`` (the prompt's pass, then one per new token): the
         positions that step's tokens continue from, and the extra features on the prompt's pass."""
         tokens = call.get("inputs_embeds")
         tokens = call["input_ids"] if tokens is None else tokens
-        cache = call.get("cache", call.get("past_key_values"))  # transformers 5.x, 4.x
+        cache = cache_of(call)
         start = 0 if cache is None else int(cache.get_seq_length())
         if prompt.positions is not None:
             call["position_ids"] = prompt.position_ids(start, tokens.shape[1], tokens.shape[0])
@@ -284,7 +381,10 @@ class PruneHandle:
 
     def _generate(self, generate, inputs=None, *args, **kwargs):
         if not self.adapter.has_visual_input(kwargs):
-            return generate(inputs, *args, **kwargs)
+            cached = cached_prompt(kwargs)
+            if cached is None:
+                return generate(inputs, *args, **kwargs)
+            return self._continued_generate(generate, cached, inputs, *args, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         with torch.no_grad():  # the vision side runs as in generate itself
             prompt = self._rewrite(input_ids, kwargs)
@@ -297,25 +397,51 @@ class PruneHandle:
         if kwargs.get("streamer") is not None:
             kwargs["streamer"] = _CallersPrompt(kwargs["streamer"], input_ids)
 
-        if prompt.positions is not None or prompt.extra.shape[1] > 0:
-            self._generating = prompt
-        try:
-            output = generate(
-                None,
-                *args,
-                input_ids=pruned.input_ids,
-                inputs_embeds=pruned.inputs_embeds,
-                attention_mask=pruned.attention_mask,
-                **kwargs,
-            )
-        finally:
-            self._generating = None
+        output = self._run_generate(
+            generate, prompt, *args, input_ids=pruned.input_ids, inputs_embeds=pruned.inputs_embeds,
+            attention_mask=pruned.attention_mask, **kwargs,
+        )
         # generate returns the prompt it was given followed by the new tokens: put the caller's
         # prompt back so that slicing at input_ids.shape[1] finds the answer, as without pruning.
         if isinstance(output, torch.Tensor):
             return pruned.restore_prompt(input_ids, output)
+        remember_prompt(output, input_ids, prompt)
         output.sequences = pruned.restore_prompt(input_ids, output.sequences)
         return output
+
+    def _continued_generate(self, generate, cached: CachedPrompt, inputs=None, *args, **kwargs):
+        """A generate that continues a cache a pruned call built (a follow-up turn): the caller's
+        sequence, which begins with that call's input_ids, laid out as the cache is."""
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if input_ids is None or kwargs.get("inputs_embeds") is not None or kwargs.get("position_ids") is not None:
+            raise ValueError(
+                "svdprune: a generate that continues a pruned call's past_key_values needs input_ids "
+                "(that call's sequences, then the new tokens), without inputs_embeds or position_ids"
+            )
+        shortened = cached.shorten_ids(input_ids)
+        kwargs["attention_mask"] = cached.shorten_mask(kwargs.get("attention_mask"), input_ids.shape[1])
+        for key in ("max_length", "min_length"):
+            if kwargs.get(key) is not None:
+                kwargs[key] -= cached.removed
+        if kwargs.get("streamer") is not None:
+            kwargs["streamer"] = _CallersPrompt(kwargs["streamer"], input_ids)
+        output = self._run_generate(generate, cached.prompt, *args, input_ids=shortened, **kwargs)
+        restore = cached.prompt.batch.restore_prompt
+        if isinstance(output, torch.Tensor):
+            return restore(cached.callers_prompt, output)
+        output.sequences = restore(cached.callers_prompt, output.sequences)
+        return output
+
+    def _run_generate(self, generate, prompt: Prompt, *args, **kwargs):
+        """The model's generate, its steps given ``prompt``'s positions and extra features."""
+        if prompt.positions is not None or prompt.extra.shape[1] > 0:
+            self._generating = prompt
+        self._generate_depth += 1
+        try:
+            return generate(None, *args, **kwargs)
+        finally:
+            self._generate_depth -= 1
+            self._generating = None
 
 
 class _CallersPrompt:
