@@ -14,7 +14,7 @@ pytest.importorskip("skimage")
 
 import svdprune  # noqa: E402
 import svdprune_cuda  # noqa: E402
-from helpers import OutputsRequireGrad, encode  # noqa: E402
+from helpers import OutputsRequireGrad, assert_a_follow_up_turn_continues_the_cache, encode  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.testing.models import LanguageModelInputs, last_real_logits  # noqa: E402
 
@@ -246,6 +246,14 @@ def test_a_deep_copy_is_pruned_alike_by_a_handle_of_its_own(model, processors, i
         assert torch.equal(twin(**inputs).logits, unpruned)
         assert handle.active and torch.equal(model(**inputs).logits, pruned)
 
+
+def test_a_follow_up_turn_continues_the_pruned_cache(model, processors, images):
+    processor = processors["left"]
+    inputs = encode(processor, images[:2], PROMPTS[:2])
+    text = {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask}
+    visual = {key: value for key, value in inputs.items() if key not in text}
+    with svdprune.prune(model, processor, budget=16, method="exact"):
+        assert_a_follow_up_turn_continues_the_cache(model, processor.tokenizer, text, visual, dict(atol=2e-5, rtol=1e-4))
 
 def test_bad_input_is_reported(model, processors, images):
     processor = processors["left"]
