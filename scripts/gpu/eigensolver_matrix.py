@@ -176,6 +176,7 @@ def eager_case(torch, cusolver, n: int, solver: str) -> dict:
         torch.cuda.synchronize()
         result[f"status_b{batch}"] = status_name(status)
         if status != 0:
+            result.setdefault("status", status_name(status))
             return result
         result[f"info_b{batch}"] = int(info.abs().amax().item())
         result[f"error_b{batch}"] = eigenvalue_error(torch, w, src)
@@ -193,7 +194,7 @@ def eager_case(torch, cusolver, n: int, solver: str) -> dict:
         if batch == 1 and times[0] * BATCHES[-1] > LONGEST_CALL * 1e3:
             result[f"status_b{BATCHES[-1]}"] = f"skipped (batch 1 took {times[0]:.0f} ms)"
             break
-    result["status"] = result["status_b1"]
+    result.setdefault("status", result["status_b1"])
     return result
 
 
