@@ -59,6 +59,10 @@ if [ ! -e "$installed" ]; then
   mkdir -p "$copy"
   rm -rf "$copy/pyproject.toml" "$copy/setup.py" "$copy/build_description.py" "$copy/README.md" "$copy/csrc" "$copy/svdprune_cuda" "$copy/python"
   tar -cf - $sources | tar -xf - -C "$copy"  # keeps the files' times: unchanged ones are not rebuilt
+  # build/lib* is what gets installed, and setuptools copies a source there only when it is newer
+  # than the copy already there: an earlier install of newer sources would win. The compiled
+  # objects stay in build/temp*, so this costs a link at most.
+  rm -rf "$copy"/build/lib*
   SVDPRUNE_FORCE_CPU=1 MAX_JOBS=${MAX_JOBS:-2} "$venv/bin/python" -m pip -q install \
     --no-build-isolation --no-deps "$copy" || { echo "setup_vllm_env: building svdprune failed" >&2; exit 1; }
   rm -f "$venv"/.svdprune-*
