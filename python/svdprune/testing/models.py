@@ -448,6 +448,7 @@ def build_qwen_model(
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    rope_theta: float | None = None,
 ):
     """A randomly initialised ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``
     or ``Qwen3VLForConditionalGeneration``.
@@ -455,7 +456,10 @@ def build_qwen_model(
     Qwen2-VL: a tower of global attention only. Qwen2.5-VL: window attention in windows of 4 x 4
     merged tokens (112 px, as the real tower) with the last block global, as the real tower
     alternates them. Qwen3-VL: learned position grid, deepstack features from every vision
-    block into the first language-model layers.
+    block into the first language-model layers. ``rope_theta``: the language model's rotary base
+    instead of the family's (10^6 or 5 * 10^5); with a small one (100) a tiny model's output
+    depends on where in an image's grid its tokens are (their height and width frequencies
+    rotate by at most 10^-2 rad across a 64-token image at the family's own).
     """
     import transformers
 
@@ -465,6 +469,8 @@ def build_qwen_model(
     mrope_section = [head_dim // 2 - 2 * quarter, quarter, quarter]  # time, height, width frequencies
     text = _text_settings(tokenizer, sizes)
     text["num_key_value_heads"] = sizes.text_heads // 2  # grouped-query attention, as Qwen's
+    if rope_theta is not None:
+        text["rope_theta"] = rope_theta
     vision = dict(
         depth=sizes.vision_layers,
         hidden_size=sizes.vision_hidden,

@@ -1,10 +1,14 @@
-"""A randomly initialised LLaVA-1.5 written to disk as a checkpoint vLLM can serve (nothing downloaded).
+"""Randomly initialised LLaVA-1.5, Qwen2.5-VL and Qwen3-VL written to disk as checkpoints vLLM can
+serve (nothing downloaded).
 
 vLLM 0.32 loads LLaVA weights by the names of the llava-hf checkpoints on the Hub
 (``language_model.model.…``, ``vision_tower.vision_model.…``, ``multi_modal_projector.…``,
 ``language_model.lm_head.…``), so the state dict is written under those names rather than with
 ``save_pretrained``. vLLM's CPU attention needs a head size of at least 32: the defaults here
 give the language model 64.
+
+Qwen (:func:`write_qwen_checkpoint`) is saved with ``save_pretrained``, whose names vLLM maps, and
+with a complete processor, video processor included (it needs torchvision, which vLLM installs).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 from svdprune.testing import models
 
-__all__ = ["write_checkpoint", "CHAT_TEMPLATE"]
+__all__ = ["write_checkpoint", "write_qwen_checkpoint", "CHAT_TEMPLATE", "QWEN_CHAT_TEMPLATE"]
 
 # LLaVA-1.5's conversation format: "<s>USER: <image>\n<question> ASSISTANT: <answer></s>" (the
 # <s> is written here because vLLM does not add special tokens to a rendered chat)
@@ -23,6 +27,23 @@ CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} "
+    "{% else %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+# The same conversation format for Qwen, each image or video between its vision markers.
+QWEN_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %} "
     "{% else %}ASSISTANT: "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -72,3 +93,38 @@ def write_checkpoint(directory, **model_options):
     model.generation_config.save_pretrained(directory)
     processor.save_pretrained(directory)
     return model, processor
+
+
+def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", **model_options):
+    """Build a tiny Qwen2.5-VL (``family="qwen2_5_vl"``) or Qwen3-VL (``"qwen3_vl"``) with
+    ``svdprune.testing.models.build_qwen_model`` (``model_options`` are fields of its ``Sizes``)
+    and write it to ``directory`` with its processor and chat template.
+
+    Images become 4-64 merged tokens, video frames at most 32. Returns the transformers model.
+    """
+    import transformers
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
+    small = models.build_qwen_processor(family)
+    images = small.image_processor
+    unit = images.patch_size * images.merge_size
+    video_class = transformers.Qwen3VLVideoProcessor if family == "qwen3_vl" else transformers.Qwen2VLVideoProcessor
+    videos = video_class(
+        size={"shortest_edge": models.QWEN_MIN_TOKENS * unit * unit, "longest_edge": 2 * 32 * unit * unit},
+        patch_size=images.patch_size,
+        merge_size=images.merge_size,
+        temporal_patch_size=images.temporal_patch_size,
+        image_mean=models.QWEN_MEAN,
+        image_std=models.QWEN_STD,
+    )
+    processor_class = {"qwen2_5_vl": transformers.Qwen2_5_VLProcessor, "qwen3_vl": transformers.Qwen3VLProcessor}[family]
+    processor = processor_class(
+        image_processor=images, tokenizer=small.tokenizer, video_processor=videos, chat_template=QWEN_CHAT_TEMPLATE
+    )
+    # A small rotary base: the output depends on every kept token's position (models.build_qwen_model).
+    model = models.build_qwen_model(small, family, sizes, rope_theta=100.0)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model
