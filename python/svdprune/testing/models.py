@@ -598,7 +598,8 @@ def save_checkpoint(model, processor, directory) -> None:
     ``QWEN_CHAT_TEMPLATE``).
 
     A Qwen processor is written as the full processor class with a video processor for the same
-    patches, which ``AutoProcessor`` needs to load it (and which needs torchvision).
+    patches and frames of as many pixels as an image, which ``AutoProcessor`` needs to load it (and
+    which needs torchvision).
     """
     import transformers
 
@@ -607,6 +608,7 @@ def save_checkpoint(model, processor, directory) -> None:
         image_processor = processor.image_processor
         video_processor_class = "Qwen3VLVideoProcessor" if model_type == "qwen3_vl" else "Qwen2VLVideoProcessor"
         video_processor = getattr(transformers, video_processor_class)(
+            size=dict(image_processor.size),
             patch_size=image_processor.patch_size,
             merge_size=image_processor.merge_size,
             temporal_patch_size=image_processor.temporal_patch_size,

@@ -7,8 +7,9 @@ vLLM 0.32 loads LLaVA weights by the names of the llava-hf checkpoints on the Hu
 ``save_pretrained``. vLLM's CPU attention needs a head size of at least 32: the defaults here
 give the language model 64.
 
-Qwen (:func:`write_qwen_checkpoint`) is saved with ``save_pretrained``, whose names vLLM maps, and
-with a complete processor, video processor included (it needs torchvision, which vLLM installs).
+Qwen (:func:`write_qwen_checkpoint`) is saved by ``svdprune.testing.models.save_checkpoint``, in
+the names vLLM maps, with a complete processor (its video processor needs torchvision, which vLLM
+installs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from svdprune.testing import models
 
-__all__ = ["write_checkpoint", "write_qwen_checkpoint", "CHAT_TEMPLATE", "QWEN_CHAT_TEMPLATE"]
+__all__ = ["write_checkpoint", "write_qwen_checkpoint", "CHAT_TEMPLATE"]
 
 # LLaVA-1.5's conversation format: "<s>USER: <image>\n<question> ASSISTANT: <answer></s>" (the
 # <s> is written here because vLLM does not add special tokens to a rendered chat)
@@ -27,23 +28,6 @@ CHAT_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %} "
-    "{% else %}ASSISTANT: "
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-# The same conversation format for Qwen, each image or video between its vision markers.
-QWEN_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %} "
     "{% else %}ASSISTANT: "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -100,31 +84,11 @@ def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", **model_options
     ``svdprune.testing.models.build_qwen_model`` (``model_options`` are fields of its ``Sizes``)
     and write it to ``directory`` with its processor and chat template.
 
-    Images become 4-64 merged tokens, video frames at most 32. Returns the transformers model.
+    Images and video frames become 4-64 merged tokens. Returns the transformers model.
     """
-    import transformers
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
-    small = models.build_qwen_processor(family)
-    images = small.image_processor
-    unit = images.patch_size * images.merge_size
-    video_class = transformers.Qwen3VLVideoProcessor if family == "qwen3_vl" else transformers.Qwen2VLVideoProcessor
-    videos = video_class(
-        size={"shortest_edge": models.QWEN_MIN_TOKENS * unit * unit, "longest_edge": 2 * 32 * unit * unit},
-        patch_size=images.patch_size,
-        merge_size=images.merge_size,
-        temporal_patch_size=images.temporal_patch_size,
-        image_mean=models.QWEN_MEAN,
-        image_std=models.QWEN_STD,
-    )
-    processor_class = {"qwen2_5_vl": transformers.Qwen2_5_VLProcessor, "qwen3_vl": transformers.Qwen3VLProcessor}[family]
-    processor = processor_class(
-        image_processor=images, tokenizer=small.tokenizer, video_processor=videos, chat_template=QWEN_CHAT_TEMPLATE
-    )
+    processor = models.build_qwen_processor(family)
     # A small rotary base: the output depends on every kept token's position (models.build_qwen_model).
-    model = models.build_qwen_model(small, family, sizes, rope_theta=100.0)
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    model = models.build_qwen_model(processor, family, sizes, rope_theta=100.0)
+    models.save_checkpoint(model, processor, directory)
     return model
