@@ -195,7 +195,8 @@ def llama_checkpoint(tmp_path_factory, checkpoint):
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"budget": None}, r"svdprune\.budget must be an int in \[1, 576\]: adaptive"),
+        ({"budget": None}, r"svdprune\.budget must be an int in \[1, 576\] \(tokens per image\): adaptive"),
+        ({"budget": 64, "positions": "keep"}, r"svdprune\.positions 'keep' is not served for LLaVA-1\.5"),
         ({"budget": 0}, r"svdprune\.budget must be an int in \[1, 576\].*got 0"),
         ({"budget": N + 1}, r"svdprune\.budget must be an int in \[1, 576\].*got 577"),
         ({"budget": 64, "method": "svd"}, r"svdprune\.method must be one of .*got 'svd'"),

@@ -257,7 +257,7 @@ def test_video_per_clip(checkpoint, clip):
     """``scope="video"``: ``budget`` tokens of the whole clip (Qwen2.5-VL: one run of placeholders;
     Qwen3-VL gives each merged frame its own, sized before the vision tower runs: refused)."""
     if checkpoint[1].config.model_type == "qwen3_vl":
-        with pytest.raises(ValueError, match=r"svdprune\.scope must be one of \('image',\) for Qwen3-VL, got 'video'"):
+        with pytest.raises(ValueError, match=r"svdprune\.scope 'video' is not served for Qwen3-VL"):
             engine(checkpoint, {"budget": BUDGET, "scope": "video"})
         return
     llm = engine(checkpoint, {"budget": 2 * BUDGET + 3, "scope": "video"})
@@ -325,7 +325,7 @@ def test_prompt_ending_inside_an_image_is_refused(pruned_llm, pictures):
 @pytest.mark.parametrize(
     "settings,options,message",
     [
-        ({"budget": 0}, {}, r"svdprune\.budget must be an int >= 1, got 0"),
+        ({"budget": 0}, {}, r"svdprune\.budget must be an int >= 1 or None for adaptive, got 0"),
         ({"budget": None}, {}, r"svdprune\.budget must be an int >= 1: adaptive"),
         ({"budget": 8, "scope": "tile"}, {}, r"svdprune\.scope must be one of"),
         ({"budget": 8}, {"pipeline_parallel_size": 2}, r"svdprune: .* cannot be pruned with pipeline parallelism"),
@@ -340,6 +340,22 @@ def test_prompt_ending_inside_an_image_is_refused(pruned_llm, pictures):
 def test_bad_configurations_fail_at_start(checkpoint, settings, options, message):
     with pytest.raises(ValueError, match=message):
         engine(checkpoint, settings, **options)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"budget": 2.5}, {"variance": 0}, {"method": "svd"}, {"strategy": "qr"}, {"source": "pixels"}, {"scope": "tile"},
+     {"positions": "compact"}],
+)
+def test_settings_are_refused_as_svdprune_prune_refuses_them(checkpoint, settings):
+    """One settings type and one validation: the plugin's message is svdprune.prune's, after the key
+    (vLLM reports it inside its config's validation error)."""
+    _, model, processor = checkpoint
+    with pytest.raises(ValueError) as refused:
+        svdprune.prune(model, processor, **{"budget": 8, **settings})
+    with pytest.raises(ValueError) as served:
+        engine(checkpoint, {"budget": 8, **settings})
+    assert f"Value error, svdprune.{refused.value} [" in str(served.value)
 
 
 def test_v2_model_runner_fails_at_start(checkpoint, monkeypatch):

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import svdprune_cuda
-from svdprune.integrations import SOURCES
+from svdprune.integrations import Adapter, LlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter
 from svdprune.integrations.llava import tokens_per_image
+from svdprune.integrations.settings import PruneSettings, budget_limit
 
 __all__ = ["register", "PruneSettings", "settings", "MODELS", "KEY"]
 
@@ -53,39 +53,37 @@ KEY = "svdprune"  # the hf_overrides / config.json key
 
 @dataclass(frozen=True)
 class Served:
-    """A served architecture: the plugin's model class and what its settings may be."""
+    """A served architecture: the plugin's model class, svdprune.prune's adapter of the family
+    (its name and the settings it allows), and what of those vLLM serves."""
 
     model_class: str
-    family: str
-    scopes: tuple[str, ...] = ("image",)
-    renumbers_positions: bool = False  # Qwen's kept tokens keep their full-sequence positions
+    adapter: type[Adapter]
+    scopes: tuple[str, ...]
+    positions: str  # "compact": vLLM numbers the shortened prompt; "keep": the plugin keeps Qwen's
 
 
 MODELS = {
-    "LlavaForConditionalGeneration": Served("svdprune.vllm.model:PrunedLlavaForConditionalGeneration", "LLaVA-1.5"),
-    "Qwen2_5_VLForConditionalGeneration": Served(
-        "svdprune.vllm.qwen:PrunedQwen2_5_VLForConditionalGeneration", "Qwen2.5-VL", ("image", "video"), True
+    "LlavaForConditionalGeneration": Served(
+        "svdprune.vllm.model:PrunedLlavaForConditionalGeneration", LlavaAdapter, ("image",), "compact"
     ),
+    "Qwen2_5_VLForConditionalGeneration": Served(
+        "svdprune.vllm.qwen:PrunedQwen2_5_VLForConditionalGeneration", Qwen2_5_VLAdapter, ("image", "video"), "keep"
+    ),
+    # Qwen3-VL gives each merged frame of a video its own placeholders, counted before the vision
+    # tower runs: a budget per clip cannot be spread over them.
     "Qwen3VLForConditionalGeneration": Served(
-        "svdprune.vllm.qwen:PrunedQwen3VLForConditionalGeneration", "Qwen3-VL", ("image",), True
+        "svdprune.vllm.qwen:PrunedQwen3VLForConditionalGeneration", Qwen3VLAdapter, ("image",), "keep"
     ),
 }
-
-
-@dataclass(frozen=True)
-class PruneSettings:
-    budget: int
-    variance: float = 0.9
-    method: str = "auto"
-    strategy: str = "leverage"
-    source: str = "projector"
-    scope: str = "image"
 
 
 def settings(hf_config, architecture: str) -> PruneSettings | None:
     """The checked ``svdprune`` settings of a model config, ``None`` when it has no such key.
 
-    Raises ``ValueError`` naming the offending key for anything vLLM cannot serve.
+    The settings are :func:`svdprune.prune`'s, checked as it checks them (the same messages,
+    prefixed with the key); then what vLLM cannot serve is refused: adaptive budgets, and the
+    scopes and position schemes the plugin does not serve for the family. Raises ``ValueError``
+    naming the offending key.
     """
     raw = getattr(hf_config, KEY, None)
     if raw is None:
@@ -94,49 +92,49 @@ def settings(hf_config, architecture: str) -> PruneSettings | None:
         raise ValueError(f"{KEY}: expected a dict of settings, e.g. {{'budget': 64}}, got {raw!r}")
     served = MODELS.get(architecture)
     if served is None:
-        supported = ", ".join(f"{name} ({model.family})" for name, model in MODELS.items())
+        supported = ", ".join(f"{name} ({model.adapter.family})" for name, model in MODELS.items())
         raise ValueError(f"{KEY}: architecture {architecture!r} is not supported; supported: {supported}")
+    family = served.adapter.family
     vision_type = getattr(getattr(hf_config, "vision_config", None), "model_type", None)
-    if served.family == "LLaVA-1.5" and vision_type != "clip_vision_model":
+    if served.adapter is LlavaAdapter and vision_type != "clip_vision_model":
         raise ValueError(
             f"{KEY}: architecture {architecture} with a {vision_type!r} vision tower is not supported; "
             "supported: LLaVA-1.5 (CLIP vision tower)"
         )
-    unknown = sorted(set(raw) - set(PruneSettings.__dataclass_fields__))
+    known = list(PruneSettings.__dataclass_fields__)
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"{KEY}: unknown key(s) {unknown}; known: {list(PruneSettings.__dataclass_fields__)}")
+        raise ValueError(f"{KEY}: unknown key(s) {unknown}; known: {known}")
 
-    n = tokens_per_image(hf_config) if served.family == "LLaVA-1.5" else None
-    limit = f"in [1, {n}]" if n else ">= 1"
-    budget = raw.get("budget", 64)
-    if budget is None:
+    most = tokens_per_image(hf_config) if served.adapter is LlavaAdapter else None
+    try:
+        prune = PruneSettings(**raw).checked(family, served.adapter.scopes, served.adapter.positions, most)
+    except ValueError as error:
+        raise ValueError(f"{KEY}.{error}") from None
+    if prune.budget is None:
         raise ValueError(
-            f"{KEY}.budget must be an int {limit}: adaptive budgets (None) cannot be served by vLLM, "
+            f"{KEY}.budget must be an int {budget_limit(most)}: adaptive budgets (None) cannot be served by vLLM, "
             "which sizes each image's placeholders before the vision tower runs"
         )
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1 or (n and budget > n):
-        raise ValueError(f"{KEY}.budget must be an int {limit}{' (tokens per image)' if n else ''}, got {budget!r}")
-    variance = raw.get("variance", 0.9)
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance <= 1:
-        raise ValueError(f"{KEY}.variance must be in (0, 1], got {variance!r}")
-    choices = {
-        "method": svdprune_cuda.METHODS,
-        "strategy": svdprune_cuda.STRATEGIES,
-        "source": SOURCES,
-        "scope": served.scopes,
-    }
-    for key, allowed in choices.items():
-        if key in raw and raw[key] not in allowed:
-            raise ValueError(f"{KEY}.{key} must be one of {allowed} for {served.family}, got {raw[key]!r}")
-    return PruneSettings(**{**raw, "variance": float(variance)})
+    if prune.scope not in served.scopes:
+        raise ValueError(
+            f"{KEY}.scope {prune.scope!r} is not served for {family} (served: {served.scopes}): vLLM counts "
+            "each merged frame's placeholders before the vision tower runs"
+        )
+    if prune.positions != served.positions:
+        raise ValueError(
+            f"{KEY}.positions {prune.positions!r} is not served for {family} (served: {served.positions!r}): "
+            "vLLM numbers its shortened prompt itself"
+        )
+    return prune
 
 
 def _check_engine(vllm_config, architecture: str) -> None:
     """Engine configurations a model that renumbers its positions cannot be served with."""
     hf_config = vllm_config.model_config.hf_config
-    if not MODELS[architecture].renumbers_positions or settings(hf_config, architecture) is None:
+    if MODELS[architecture].positions != "keep" or settings(hf_config, architecture) is None:
         return
-    family = MODELS[architecture].family
+    family = MODELS[architecture].adapter.family
     if vllm_config.parallel_config.pipeline_parallel_size > 1:
         raise ValueError(
             f"{KEY}: {family} cannot be pruned with pipeline parallelism: the kept tokens' positions are "
