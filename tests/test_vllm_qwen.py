@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import svdprune  # noqa: E402
+from svdprune.integrations import adapter_for  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
@@ -104,7 +105,9 @@ def engine(checkpoint, settings=None, **options):
 
 @pytest.fixture(scope="module")
 def pruned_llm(checkpoint):
-    llm = engine(checkpoint, {"budget": BUDGET}, max_num_batched_tokens=24, enable_chunked_prefill=True)
+    llm = engine(
+        checkpoint, {"budget": BUDGET}, max_num_batched_tokens=24, enable_chunked_prefill=True, enable_mm_embeds=True
+    )
     yield llm
     llm.llm_engine.engine_core.shutdown()
 
@@ -268,6 +271,29 @@ def test_video_per_clip(checkpoint, clip):
         llm.llm_engine.engine_core.shutdown()
     assert len(placeholders(output, checkpoint[1].config.video_token_id)) == 2 * BUDGET + 3
     assert_matches_hf(output, checkpoint, prompt, 2 * BUDGET + 3, scope="video")
+
+
+def test_precomputed_embeddings_pass_through_unpruned(pruned_llm, checkpoint, pictures):
+    """An image given as its vision-tower output keeps every token; one with too few embeddings for
+    its grid is refused with the request, and the engine serves on."""
+    _, model, processor = checkpoint
+    prompt = Prompt(ONE_IMAGE, pictures[1:2])
+    inputs = hf_inputs(processor, prompt)
+    with torch.no_grad():  # Qwen3-VL: the deepstack levels as further columns, as vLLM takes them
+        output = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        features = adapter_for(model).merged_features(output)
+
+    def embedded(rows):
+        image = {"image_embeds": features[:rows], "image_grid_thw": inputs["image_grid_thw"]}
+        return {"prompt": ONE_IMAGE, "multi_modal_data": {"image": image}}
+
+    (output,) = pruned_llm.generate(embedded(None), greedy())
+    assert_matches_hf(output, checkpoint, prompt, None)
+    count = features.shape[0]
+    with pytest.raises(ValueError, match=rf"svdprune: a precomputed image has {count - 1} embeddings for the {count} tokens"):
+        pruned_llm.generate(embedded(-1), greedy())
+    (again,) = pruned_llm.generate(embedded(None), greedy())
+    assert again.outputs[0].token_ids == output.outputs[0].token_ids
 
 
 # -- without the key: vLLM's own model, equal to the unpruned transformers model -----------------

@@ -79,10 +79,15 @@ class _PrunedProcessor:
 
         def kept(update, item_index: int):
             item = out_mm_kwargs[update.modality][item_index]
-            count = placeholder_count(
-                prune, update.modality, item[f"{update.modality}_grid_thw"].data, merge,
-                precomputed=f"{update.modality}_embeds" in item,
-            )
+            embeds = item.get(f"{update.modality}_embeds")
+            grid = item[f"{update.modality}_grid_thw"].data
+            count = placeholder_count(prune, update.modality, grid, merge, precomputed=embeds is not None)
+            # Refused here, with the request, rather than where the model splits them by the grid.
+            if embeds is not None and embeds.data.shape[0] != count:
+                raise ValueError(
+                    f"{KEY}: a precomputed {update.modality} has {embeds.data.shape[0]} embeddings for the {count} "
+                    f"tokens of its grid {grid.tolist()}"
+                )
             return self.kept_replacement(update, item_index, item, count)
 
         return [dataclasses.replace(update, replacement=functools.partial(kept, update)) for update in updates]
