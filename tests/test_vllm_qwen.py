@@ -8,9 +8,10 @@ greedy tokens and log-probabilities must agree (float32 on both sides: to 1e-5, 
 token placed at its visual's first grid cell instead moves them by 5e-4; the checkpoint's small
 rotary base makes positions inside an image matter). Engines are shared per module and family:
 one pruned (chunked prefill in steps of 24 tokens, so prefills stop inside images; prefix caching
-in blocks of 32), one stock, and for Qwen2.5-VL one pruning per video clip.
+in blocks of 32), one stock, and for Qwen2.5-VL one pruning per video clip and one `vllm serve`.
 """
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import svdprune  # noqa: E402
+from helpers import data_url, post, vllm_serve  # noqa: E402
 from svdprune.integrations import adapter_for  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
@@ -388,3 +390,32 @@ def test_v2_model_runner_fails_at_start(checkpoint, monkeypatch):
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(ValueError, match=r"svdprune: .* V1 model runner only; set VLLM_USE_V2_MODEL_RUNNER=0"):
         engine(checkpoint, {"budget": 8})
+
+
+# -- vllm serve -----------------------------------------------------------------------------------
+
+
+def test_serve_chat_completion_equals_offline(pruned_llm, checkpoint, pictures, tmp_path):
+    """The OpenAI-compatible server, given an image as a data URL, answers as the offline engine
+    (Qwen2.5-VL; the server is the same code for Qwen3-VL)."""
+    if checkpoint[1].config.model_type != "qwen2_5_vl":
+        pytest.skip("one family is enough for the server")
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url(pictures[0])}},
+        {"type": "text", "text": "What is shown in this picture? Describe it in detail."},
+    ]}]  # fmt: skip
+    arguments = [
+        "--hf-overrides", json.dumps({"svdprune": {"budget": BUDGET}}), "--dtype", "float32",
+        "--max-model-len", str(ENGINE_OPTIONS["max_model_len"]), "--block-size", str(ENGINE_OPTIONS["block_size"]),
+        "--limit-mm-per-prompt", json.dumps(ENGINE_OPTIONS["limit_mm_per_prompt"]), "--enforce-eager", "--seed", "0",
+    ]  # fmt: skip
+    with vllm_serve(checkpoint[0], arguments, tmp_path / "serve.log") as server:
+        answer = post(
+            server + "/v1/chat/completions",
+            {"model": str(checkpoint[0]), "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS},
+            timeout=120,
+        )
+    (offline,) = pruned_llm.chat(messages, vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))
+    assert len(placeholders(offline, checkpoint[1].config.image_token_id)) == BUDGET
+    assert answer["usage"]["prompt_tokens"] == len(offline.prompt_token_ids)
+    assert answer["choices"][0]["message"]["content"] == offline.outputs[0].text
