@@ -79,15 +79,15 @@ def write_checkpoint(directory, **model_options):
     return model, processor
 
 
-def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", **model_options):
+def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", *, max_tokens: int = models.QWEN_MAX_TOKENS, **model_options):
     """Build a tiny Qwen2.5-VL (``family="qwen2_5_vl"``) or Qwen3-VL (``"qwen3_vl"``) with
     ``svdprune.testing.models.build_qwen_model`` (``model_options`` are fields of its ``Sizes``)
     and write it to ``directory`` with its processor and chat template.
 
-    Images and video frames become 4-64 merged tokens. Returns the transformers model.
+    Images and video frames become 4 to ``max_tokens`` merged tokens. Returns the transformers model.
     """
     sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
-    processor = models.build_qwen_processor(family)
+    processor = models.build_qwen_processor(family, max_tokens=max_tokens)
     # A small rotary base: the output depends on every kept token's position (models.build_qwen_model).
     model = models.build_qwen_model(processor, family, sizes, rope_theta=100.0)
     models.save_checkpoint(model, processor, directory)
