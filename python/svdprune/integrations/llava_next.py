@@ -21,6 +21,7 @@ import torch
 
 from .llava import LlavaAdapter
 from .selection import Visual
+from .settings import NEWLINES
 
 __all__ = ["LlavaNextAdapter"]
 
@@ -29,6 +30,7 @@ class LlavaNextAdapter(LlavaAdapter):
     class_name = "LlavaNextForConditionalGeneration"
     family = "LLaVA-NeXT"
     scopes = ("image", "tile")
+    newlines = NEWLINES
     options = ("vision_feature_layer", "vision_feature_select_strategy", "image_sizes")
 
     def __init__(self, model):
