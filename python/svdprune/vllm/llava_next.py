@@ -9,8 +9,8 @@ Without the ``svdprune`` config key every class here defers to vLLM's own code u
   ``min(budget, P)`` per frame of ``P`` pooled tokens (``min(budget, F * P)`` per clip with
   ``scope="video"``), plus the clip's newline with ``"all"``. ``newlines="kept"``, whose count
   depends on the selection, cannot be served. An image given as precomputed embeddings keeps all
-  its placeholders and is not pruned. The processing info is vLLM's: memory profiling and the
-  encoder cache are sized for unpruned images, which the vision tower does compute.
+  its placeholders and is not pruned. Memory profiling runs vLLM's largest image (and video), and
+  the encoder cache is sized by its unpruned count, which bounds every pruned one.
 * Both counts and the tokens' layout come from vLLM's own packing
   (``_merge_image_patch_embeddings``: base view, tiles in a grid, unpadded, OneVision's large
   grids downscaled, a newline after each row) applied to a tensor of token indices
@@ -108,6 +108,30 @@ def video_placeholders(prune: PruneSettings, frames: int, per_frame: int) -> int
     """Placeholders of a OneVision video of ``frames`` frames of ``per_frame`` pooled tokens."""
     kept = min(prune.budget, frames * per_frame) if prune.scope == "video" else frames * min(prune.budget, per_frame)
     return kept + (1 if prune.newlines == "all" else 0)
+
+
+class _PrunedProcessingInfo:
+    """vLLM's processing info, with memory profiling and the encoder cache sized by the unpruned
+    count at the image size with the most tokens: an upper bound of every pruned count, unlike the
+    pruned count of that size (a taller image can have more rows' newlines)."""
+
+    architecture: str
+
+    def get_mm_max_tokens_per_item(self, seq_len, mm_counts):
+        if settings(self.get_hf_config(), self.architecture) is None:
+            return super().get_mm_max_tokens_per_item(seq_len, mm_counts)
+        maxima = {"image": self.get_max_image_tokens()}
+        if "video" in self.get_supported_mm_limits():
+            maxima["video"] = self.get_max_video_tokens(seq_len, mm_counts)
+        return maxima
+
+
+class PrunedLlavaNextProcessingInfo(_PrunedProcessingInfo, LlavaNextProcessingInfo):
+    architecture = "LlavaNextForConditionalGeneration"
+
+
+class PrunedLlavaOnevisionProcessingInfo(_PrunedProcessingInfo, LlavaOnevisionProcessingInfo):
+    architecture = "LlavaOnevisionForConditionalGeneration"
 
 
 class _PrunedProcessor:
@@ -214,14 +238,14 @@ class _PrunedLlavaNext:
 
 
 @MULTIMODAL_REGISTRY.register_processor(
-    PrunedLlavaNextMultiModalProcessor, info=LlavaNextProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
+    PrunedLlavaNextMultiModalProcessor, info=PrunedLlavaNextProcessingInfo, dummy_inputs=LlavaDummyInputsBuilder
 )
 class PrunedLlavaNextForConditionalGeneration(_PrunedLlavaNext, LlavaNextForConditionalGeneration):
     architecture = "LlavaNextForConditionalGeneration"
 
 
 @MULTIMODAL_REGISTRY.register_processor(
-    PrunedLlavaOnevisionMultiModalProcessor, info=LlavaOnevisionProcessingInfo,
+    PrunedLlavaOnevisionMultiModalProcessor, info=PrunedLlavaOnevisionProcessingInfo,
     dummy_inputs=LlavaOnevisionDummyInputsBuilder,
 )  # fmt: skip
 class PrunedLlavaOnevisionForConditionalGeneration(_PrunedLlavaNext, LlavaOnevisionForConditionalGeneration):
