@@ -10,7 +10,7 @@ Without the ``svdprune`` config key every class here defers to vLLM's own code u
   ``scope="video"``), plus the clip's newline with ``"all"``. ``newlines="kept"``, whose count
   depends on the selection, cannot be served. An image given as precomputed embeddings keeps all
   its placeholders and is not pruned. Memory profiling runs vLLM's largest image (and video), and
-  the encoder cache is sized by its unpruned count, which bounds every pruned one.
+  the encoder cache is sized by its unpruned count, as for the stock model.
 * Both counts and the tokens' layout come from vLLM's own packing
   (``_merge_image_patch_embeddings``: base view, tiles in a grid, unpadded, OneVision's large
   grids downscaled, a newline after each row) applied to a tensor of token indices
@@ -111,9 +111,9 @@ def video_placeholders(prune: PruneSettings, frames: int, per_frame: int) -> int
 
 
 class _PrunedProcessingInfo:
-    """vLLM's processing info, with memory profiling and the encoder cache sized by the unpruned
-    count at the image size with the most tokens: an upper bound of every pruned count, unlike the
-    pruned count of that size (a taller image can have more rows' newlines)."""
+    """vLLM's processing info, with memory profiling and the encoder cache sized as for the stock
+    model: by the unpruned count at vLLM's image size with the most tokens. The pruned count of
+    that size would be too small for a taller image, which has more rows' newlines."""
 
     architecture: str
 
