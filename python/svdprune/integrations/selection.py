@@ -37,17 +37,24 @@ class Visual:
     sources: torch.Tensor  # [L] long, the vision-tower token (crop * tokens per crop + token) or -1
 
 
-def select_tokens(visuals: list[Visual], budget: int | None, variance: float, method: str, strategy: str) -> list[torch.Tensor]:
+def select_tokens(
+    visuals: list[Visual], budget: int | None, variance: float, method: str, strategy: str, *, keep_smaller: bool = False
+) -> list[torch.Tensor]:
     """Per visual, an ``[L]`` bool mask of the placeholders that survive.
 
-    ``budget`` tokens are kept in every group (``None``: the adaptive count per group). Groups of
-    equal size go through one batched call of the op, as a batch of LLaVA-1.5 images does. A
-    newline survives with its row (when at least one token of the row does).
+    ``budget`` tokens are kept in every group (``None``: the adaptive count per group). A group
+    of fewer tokens than ``budget`` is an error, or with ``keep_smaller`` keeps them all (vLLM
+    sizes its placeholders so). Groups of equal size go through one batched call of the op, as a
+    batch of LLaVA-1.5 images does. A newline survives with its row (when at least one token of
+    the row does).
     """
     masks = [torch.zeros(v.features.shape[0], dtype=torch.bool, device=v.features.device) for v in visuals]
     by_size: dict[int, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for index, visual in enumerate(visuals):
         for group in visual.groups:
+            if keep_smaller and budget is not None and budget > group.numel():
+                masks[index][group.to(masks[index].device)] = True
+                continue
             if budget is not None and budget > group.numel():
                 raise ValueError(
                     f"budget {budget} is larger than the {group.numel()} visual tokens it applies to "

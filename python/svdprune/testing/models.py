@@ -448,6 +448,7 @@ def build_qwen_model(
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    rope_theta: float | None = None,
 ):
     """A randomly initialised ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``
     or ``Qwen3VLForConditionalGeneration``.
@@ -455,7 +456,10 @@ def build_qwen_model(
     Qwen2-VL: a tower of global attention only. Qwen2.5-VL: window attention in windows of 4 x 4
     merged tokens (112 px, as the real tower) with the last block global, as the real tower
     alternates them. Qwen3-VL: learned position grid, deepstack features from every vision
-    block into the first language-model layers.
+    block into the first language-model layers. ``rope_theta``: the language model's rotary base
+    instead of the family's (10^6 or 5 * 10^5); with a small one (100) a tiny model's output
+    depends on where in an image's grid its tokens are (their height and width frequencies
+    rotate by at most 10^-2 rad across a 64-token image at the family's own).
     """
     import transformers
 
@@ -465,6 +469,8 @@ def build_qwen_model(
     mrope_section = [head_dim // 2 - 2 * quarter, quarter, quarter]  # time, height, width frequencies
     text = _text_settings(tokenizer, sizes)
     text["num_key_value_heads"] = sizes.text_heads // 2  # grouped-query attention, as Qwen's
+    if rope_theta is not None:
+        text["rope_theta"] = rope_theta
     vision = dict(
         depth=sizes.vision_layers,
         hidden_size=sizes.vision_hidden,
@@ -592,7 +598,8 @@ def save_checkpoint(model, processor, directory) -> None:
     ``QWEN_CHAT_TEMPLATE``).
 
     A Qwen processor is written as the full processor class with a video processor for the same
-    patches, which ``AutoProcessor`` needs to load it (and which needs torchvision).
+    patches and frames of as many pixels as an image, which ``AutoProcessor`` needs to load it (and
+    which needs torchvision).
     """
     import transformers
 
@@ -601,6 +608,7 @@ def save_checkpoint(model, processor, directory) -> None:
         image_processor = processor.image_processor
         video_processor_class = "Qwen3VLVideoProcessor" if model_type == "qwen3_vl" else "Qwen2VLVideoProcessor"
         video_processor = getattr(transformers, video_processor_class)(
+            size=dict(image_processor.size),
             patch_size=image_processor.patch_size,
             merge_size=image_processor.merge_size,
             temporal_patch_size=image_processor.temporal_patch_size,

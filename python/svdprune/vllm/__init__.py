@@ -1,28 +1,37 @@
-"""SVD-Prune inside vLLM: LLaVA-1.5 serves ``budget`` visual tokens per image instead of 576.
+"""SVD-Prune inside vLLM: LLaVA-1.5, Qwen2.5-VL and Qwen3-VL serve fewer visual tokens per image.
 
 A vLLM general plugin (entry point ``vllm.general_plugins``: ``svdprune``), switched on per model
 through the model config::
 
     vllm serve llava-hf/llava-1.5-7b-hf --hf-overrides '{"svdprune": {"budget": 64}}'
+    vllm serve Qwen/Qwen2.5-VL-7B-Instruct --hf-overrides '{"svdprune": {"budget": 256}}'
     LLM(model=..., hf_overrides={"svdprune": {"budget": 64, "variance": 0.9, "method": "auto",
                                               "strategy": "leverage", "source": "projector"}})
 
-Without the ``svdprune`` key the model is vLLM's own LLaVA, unchanged.
+Without the ``svdprune`` key the model is vLLM's own, unchanged.
+
+``budget``: LLaVA-1.5 keeps ``budget`` of its 576 tokens per image. Qwen keeps ``min(budget,
+n)`` of an image's ``n`` merged tokens (an image smaller than the budget keeps them all), and of a
+video ``min(budget, n)`` per merged frame (two frames), or per whole clip with ``"scope":
+"video"`` (Qwen2.5-VL only), the tokens :func:`svdprune.prune` keeps with the same settings.
 
 How it works, and why this way
 ------------------------------
-vLLM sizes an image's placeholders in the prompt before the vision tower runs (the scheduler,
-the KV cache and prefix caching all work on the placeholder tokens), so only fixed budgets are
-possible: the processing info reports ``budget`` tokens per image, the prompt gets ``budget``
-placeholders per ``<image>``, and the model's image-embedding path returns exactly ``budget``
-projected features per image, the kept tokens in their original order (see
-:mod:`svdprune.vllm.model`). Everything else - attention, positions, chunked prefill, prefix
-caching, continuous batching - is vLLM's, working on the shorter prompt.
+vLLM sizes a visual's placeholders in the prompt before the vision tower runs (the scheduler,
+the KV cache and prefix caching all work on the placeholder tokens), so only counts known from
+the image's size are possible: the prompt gets the kept count of placeholders per visual, and the
+model's embedding path returns exactly that many features, the kept tokens in their original
+order (:mod:`svdprune.vllm.model` for LLaVA-1.5, :mod:`svdprune.vllm.qwen`). Everything else -
+attention, chunked prefill, prefix caching, continuous batching - is vLLM's, working on the
+shorter prompt. LLaVA-1.5's positions are vLLM's own numbering of the shorter prompt
+(``positions="compact"``); Qwen's kept tokens keep their 3-D positions in the full sequence
+(``positions="keep"``, :mod:`svdprune.vllm.positions`). The vLLM internals the plugin relies on
+are named in :mod:`svdprune.vllm.internals`.
 
-:func:`register` (run by vLLM in every process it starts) puts the model class in place of the
-stock ``LlavaForConditionalGeneration`` and adds a start-up check of the ``svdprune`` settings
-to every architecture's config verification, so a bad setting, or the key on a model other than
-LLaVA-1.5, fails when the engine starts, in the process that starts it.
+:func:`register` (run by vLLM in every process it starts) puts the model classes in place of
+vLLM's and adds a start-up check of the ``svdprune`` settings to every architecture's config
+verification, so a bad setting, the key on an unsupported model, or an engine configuration the
+plugin cannot serve fails when the engine starts, in the process that starts it.
 
 Selection is deterministic: ``method="exact"`` has no randomness and ``"randomized"`` is seeded
 (seed 0) and independent of the batch an image is in, so every tensor-parallel rank, which sees
@@ -33,65 +42,113 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import svdprune_cuda
-from svdprune.integrations import SOURCES
+from svdprune.integrations import Adapter, LlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter
 from svdprune.integrations.llava import tokens_per_image
+from svdprune.integrations.settings import PruneSettings, budget_limit
 
-__all__ = ["register", "PruneSettings", "settings", "ARCHITECTURE", "KEY"]
+__all__ = ["register", "PruneSettings", "settings", "MODELS", "KEY"]
 
 KEY = "svdprune"  # the hf_overrides / config.json key
-ARCHITECTURE = "LlavaForConditionalGeneration"
-_MODEL_CLASS = "svdprune.vllm.model:PrunedLlavaForConditionalGeneration"
 
 
 @dataclass(frozen=True)
-class PruneSettings:
-    budget: int
-    variance: float = 0.9
-    method: str = "auto"
-    strategy: str = "leverage"
-    source: str = "projector"
+class Served:
+    """A served architecture: the plugin's model class, svdprune.prune's adapter of the family
+    (its name and the settings it allows), and what of those vLLM serves."""
+
+    model_class: str
+    adapter: type[Adapter]
+    scopes: tuple[str, ...]
+    positions: str  # "compact": vLLM numbers the shortened prompt; "keep": the plugin keeps Qwen's
 
 
-def settings(hf_config, architecture: str = ARCHITECTURE) -> PruneSettings | None:
+MODELS = {
+    "LlavaForConditionalGeneration": Served(
+        "svdprune.vllm.model:PrunedLlavaForConditionalGeneration", LlavaAdapter, ("image",), "compact"
+    ),
+    "Qwen2_5_VLForConditionalGeneration": Served(
+        "svdprune.vllm.qwen:PrunedQwen2_5_VLForConditionalGeneration", Qwen2_5_VLAdapter, ("image", "video"), "keep"
+    ),
+    # Qwen3-VL gives each merged frame of a video its own placeholders, counted before the vision
+    # tower runs: a budget per clip cannot be spread over them.
+    "Qwen3VLForConditionalGeneration": Served(
+        "svdprune.vllm.qwen:PrunedQwen3VLForConditionalGeneration", Qwen3VLAdapter, ("image",), "keep"
+    ),
+}
+
+
+def settings(hf_config, architecture: str) -> PruneSettings | None:
     """The checked ``svdprune`` settings of a model config, ``None`` when it has no such key.
 
-    Raises ``ValueError`` naming the offending key for anything vLLM cannot serve.
+    The settings are :func:`svdprune.prune`'s, checked as it checks them (the same messages,
+    prefixed with the key); then what vLLM cannot serve is refused: adaptive budgets, and the
+    scopes and position schemes the plugin does not serve for the family. Raises ``ValueError``
+    naming the offending key.
     """
     raw = getattr(hf_config, KEY, None)
     if raw is None:
         return None
     if not isinstance(raw, dict):
         raise ValueError(f"{KEY}: expected a dict of settings, e.g. {{'budget': 64}}, got {raw!r}")
-    if architecture != ARCHITECTURE:
-        raise ValueError(f"{KEY}: architecture {architecture!r} is not supported; supported: {ARCHITECTURE} (LLaVA-1.5)")
+    served = MODELS.get(architecture)
+    if served is None:
+        supported = ", ".join(f"{name} ({model.adapter.family})" for name, model in MODELS.items())
+        raise ValueError(f"{KEY}: architecture {architecture!r} is not supported; supported: {supported}")
+    family = served.adapter.family
     vision_type = getattr(getattr(hf_config, "vision_config", None), "model_type", None)
-    if vision_type != "clip_vision_model":
+    if served.adapter is LlavaAdapter and vision_type != "clip_vision_model":
         raise ValueError(
             f"{KEY}: architecture {architecture} with a {vision_type!r} vision tower is not supported; "
             "supported: LLaVA-1.5 (CLIP vision tower)"
         )
-    unknown = sorted(set(raw) - set(PruneSettings.__dataclass_fields__))
+    known = list(PruneSettings.__dataclass_fields__)
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"{KEY}: unknown key(s) {unknown}; known: {list(PruneSettings.__dataclass_fields__)}")
+        raise ValueError(f"{KEY}: unknown key(s) {unknown}; known: {known}")
 
-    n = tokens_per_image(hf_config)
-    budget = raw.get("budget", 64)
-    if budget is None:
+    most = tokens_per_image(hf_config) if served.adapter is LlavaAdapter else None
+    try:
+        prune = PruneSettings(**raw).checked(family, served.adapter.scopes, served.adapter.positions, most)
+    except ValueError as error:
+        raise ValueError(f"{KEY}.{error}") from None
+    if prune.budget is None:
         raise ValueError(
-            f"{KEY}.budget must be an int in [1, {n}]: adaptive budgets (None) cannot be served by vLLM, "
+            f"{KEY}.budget must be an int {budget_limit(most)}: adaptive budgets (None) cannot be served by vLLM, "
             "which sizes each image's placeholders before the vision tower runs"
         )
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= n:
-        raise ValueError(f"{KEY}.budget must be an int in [1, {n}] (tokens per image), got {budget!r}")
-    variance = raw.get("variance", 0.9)
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance <= 1:
-        raise ValueError(f"{KEY}.variance must be in (0, 1], got {variance!r}")
-    choices = {"method": svdprune_cuda.METHODS, "strategy": svdprune_cuda.STRATEGIES, "source": SOURCES}
-    for key, allowed in choices.items():
-        if key in raw and raw[key] not in allowed:
-            raise ValueError(f"{KEY}.{key} must be one of {allowed}, got {raw[key]!r}")
-    return PruneSettings(**{**raw, "variance": float(variance)})
+    if prune.scope not in served.scopes:
+        raise ValueError(
+            f"{KEY}.scope {prune.scope!r} is not served for {family} (served: {served.scopes}): vLLM counts "
+            "each merged frame's placeholders before the vision tower runs"
+        )
+    if prune.positions != served.positions:
+        raise ValueError(
+            f"{KEY}.positions {prune.positions!r} is not served for {family} (served: {served.positions!r}): "
+            "vLLM numbers its shortened prompt itself"
+        )
+    return prune
+
+
+def _check_engine(vllm_config, architecture: str) -> None:
+    """Engine configurations a model that renumbers its positions cannot be served with."""
+    hf_config = vllm_config.model_config.hf_config
+    if MODELS[architecture].positions != "keep" or settings(hf_config, architecture) is None:
+        return
+    family = MODELS[architecture].adapter.family
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        raise ValueError(
+            f"{KEY}: {family} cannot be pruned with pipeline parallelism: the kept tokens' positions are "
+            "set where the vision tower runs, on the first stage only; use tensor parallelism instead"
+        )
+    if vllm_config.speculative_config is not None:
+        raise ValueError(f"{KEY}: {family} cannot be pruned with speculative decoding")
+    if vllm_config.use_v2_model_runner:
+        raise ValueError(
+            f"{KEY}: {family} is pruned with vLLM's V1 model runner only; set VLLM_USE_V2_MODEL_RUNNER=0"
+        )
+    mm_config = vllm_config.model_config.multimodal_config
+    if mm_config is not None and mm_config.is_multimodal_pruning_enabled():
+        raise ValueError(f"{KEY}: {family} cannot be pruned by svdprune and by --video-pruning-rate at once")
 
 
 def _check_on_verify(architecture: str, verifier: type) -> type:
@@ -101,21 +158,28 @@ def _check_on_verify(architecture: str, verifier: type) -> type:
         settings(model_config.hf_config, architecture)
         verifier.verify_and_update_model_config(model_config)
 
+    def verify_and_update_config(vllm_config) -> None:
+        if architecture in MODELS:
+            _check_engine(vllm_config, architecture)
+        verifier.verify_and_update_config(vllm_config)
+
     return type(verifier.__name__, (verifier,), {
         "verify_and_update_model_config": staticmethod(verify_and_update_model_config),
+        "verify_and_update_config": staticmethod(verify_and_update_config),
         "svdprune_checked": True,
     })
 
 
 def register() -> None:
     """The general plugin: vLLM calls it in every process it starts (more than once is harmless)."""
-    from vllm import ModelRegistry
-    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+    from svdprune.vllm.internals import MODELS_CONFIG_MAP, ModelRegistry, VerifyAndUpdateConfig, open_pruning_gate
 
-    ModelRegistry.register_model(ARCHITECTURE, _MODEL_CLASS)
+    for architecture, served in MODELS.items():
+        ModelRegistry.register_model(architecture, served.model_class)
     # ModelConfig verifies the architecture's entry right after the config (with hf_overrides)
     # is loaded, in the process that creates the engine: the earliest place to reject settings.
     for architecture in ModelRegistry.get_supported_archs():
         verifier = MODELS_CONFIG_MAP.get(architecture, VerifyAndUpdateConfig)
         if not getattr(verifier, "svdprune_checked", False):
             MODELS_CONFIG_MAP[architecture] = _check_on_verify(architecture, verifier)
+    open_pruning_gate()

@@ -6,7 +6,11 @@ Without the ``svdprune`` config key both classes defer to vLLM's own code unchan
 from __future__ import annotations
 
 import torch
-from vllm.model_executor.models.llava import (
+
+import svdprune_cuda  # noqa: F401  (registers torch.ops.svdprune)
+from svdprune.vllm import settings
+from svdprune.vllm.internals import (
+    MULTIMODAL_REGISTRY,
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
     LlavaImageEmbeddingInputs,
@@ -14,21 +18,19 @@ from vllm.model_executor.models.llava import (
     _build_llava_or_pixtral_hf_info,
     _build_llava_or_pixtral_hf_processor,
 )
-from vllm.multimodal import MULTIMODAL_REGISTRY
 
-import svdprune_cuda  # noqa: F401  (registers torch.ops.svdprune)
-from svdprune.vllm import settings
+ARCHITECTURE = "LlavaForConditionalGeneration"
 
 
 class PrunedLlavaProcessingInfo(LlavaProcessingInfo):
     """Every image gets ``budget`` placeholders in the prompt."""
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
-        return settings(self.get_hf_config()).budget
+        return settings(self.get_hf_config(), ARCHITECTURE).budget
 
 
 def _build_info(ctx):
-    if settings(ctx.get_hf_config()) is None:
+    if settings(ctx.get_hf_config(), ARCHITECTURE) is None:
         return _build_llava_or_pixtral_hf_info(ctx)
     return PrunedLlavaProcessingInfo(ctx)
 
@@ -41,7 +43,7 @@ class PrunedLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.prune_settings = settings(vllm_config.model_config.hf_config)
+        self.prune_settings = settings(vllm_config.model_config.hf_config, ARCHITECTURE)
 
     def _process_image_input(self, image_input):
         # Precomputed image_embeds are sized by their own length, not by the budget: passed through.

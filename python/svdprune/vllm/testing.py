@@ -1,10 +1,15 @@
-"""A randomly initialised LLaVA-1.5 written to disk as a checkpoint vLLM can serve (nothing downloaded).
+"""Randomly initialised LLaVA-1.5, Qwen2.5-VL and Qwen3-VL written to disk as checkpoints vLLM can
+serve (nothing downloaded).
 
 vLLM 0.32 loads LLaVA weights by the names of the llava-hf checkpoints on the Hub
 (``language_model.model.…``, ``vision_tower.vision_model.…``, ``multi_modal_projector.…``,
 ``language_model.lm_head.…``), so the state dict is written under those names rather than with
 ``save_pretrained``. vLLM's CPU attention needs a head size of at least 32: the defaults here
 give the language model 64.
+
+Qwen (:func:`write_qwen_checkpoint`) is saved by ``svdprune.testing.models.save_checkpoint``, in
+the names vLLM maps, with a complete processor (its video processor needs torchvision, which vLLM
+installs).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from svdprune.testing import models
 
-__all__ = ["write_checkpoint", "CHAT_TEMPLATE"]
+__all__ = ["write_checkpoint", "write_qwen_checkpoint", "CHAT_TEMPLATE"]
 
 # LLaVA-1.5's conversation format: "<s>USER: <image>\n<question> ASSISTANT: <answer></s>" (the
 # <s> is written here because vLLM does not add special tokens to a rendered chat)
@@ -72,3 +77,18 @@ def write_checkpoint(directory, **model_options):
     model.generation_config.save_pretrained(directory)
     processor.save_pretrained(directory)
     return model, processor
+
+
+def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", *, max_tokens: int = models.QWEN_MAX_TOKENS, **model_options):
+    """Build a tiny Qwen2.5-VL (``family="qwen2_5_vl"``) or Qwen3-VL (``"qwen3_vl"``) with
+    ``svdprune.testing.models.build_qwen_model`` (``model_options`` are fields of its ``Sizes``)
+    and write it to ``directory`` with its processor and chat template.
+
+    Images and video frames become 4 to ``max_tokens`` merged tokens. Returns the transformers model.
+    """
+    sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
+    processor = models.build_qwen_processor(family, max_tokens=max_tokens)
+    # A small rotary base: the output depends on every kept token's position (models.build_qwen_model).
+    model = models.build_qwen_model(processor, family, sizes, rope_theta=100.0)
+    models.save_checkpoint(model, processor, directory)
+    return model
