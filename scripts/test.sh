@@ -15,7 +15,7 @@ bash scripts/setup_vllm_env.sh
 if [ -e .venv-vllm/.ready ]; then
   # PYTHONSAFEPATH: this process and the ones vLLM starts import the svdprune installed in
   # .venv-vllm, not the checkout in the working directory (whose library is built for .venv).
-  PYTHONSAFEPATH=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vllm_qwen.py
+  PYTHONSAFEPATH=1 .venv-vllm/bin/python -m pytest -q tests/test_vllm.py tests/test_vllm_qwen.py tests/test_vllm_llava_next.py
 fi
 bash scripts/setup_eval_env.sh
 if [ -e .venv-eval/.ready ]; then

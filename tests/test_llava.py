@@ -149,7 +149,7 @@ def test_selection_seconds_time_the_selection_alone(models, processors, images, 
     model, processor = models[torch.float32], processors["left"]
     inputs = encode(processor, images[:1], PROMPTS[:1])
     select = handle_module.select_placeholders
-    monkeypatch.setattr(handle_module, "select_placeholders", lambda *args: (time.sleep(0.1), select(*args))[1])
+    monkeypatch.setattr(handle_module, "select_placeholders", lambda *args, **kwargs: (time.sleep(0.1), select(*args, **kwargs))[1])
     slow_tower = model.model.vision_tower.register_forward_hook(lambda *args: time.sleep(0.5))
     try:
         with llava.prune(model, processor, budget=16) as handle:
@@ -455,6 +455,7 @@ def test_kept_positions_equal_the_masked_reference(models, processors, images, p
         (dict(budget=np.bool_(True)), ValueError, "budget"),
         (dict(positions="3d"), ValueError, r"positions must be one of \('compact', 'keep'\)"),
         (dict(scope="tile"), ValueError, r"scope must be one of \('image',\) for LLaVA-1.5"),
+        (dict(newlines="all"), ValueError, r"newlines applies to LLaVA-NeXT and LLaVA-OneVision only .* LLaVA-1.5 has"),
         (dict(processor=42), TypeError, "processor must be the model's processor or its tokenizer"),
     ],
 )

@@ -129,6 +129,33 @@ def test_language_model_receives_the_kept_tokens_and_their_rows_newlines(model, 
     assert torch.equal(embeds[start + kept :], text[end:])
 
 
+@pytest.mark.parametrize("scope", ["image", "tile"])
+def test_newline_modes_keep_the_same_tokens_at_fixed_counts(model, processors, images, scope):
+    """"all": every row's newline, an image costs budget + grid rows; "none": exactly budget; the
+    scored tokens kept are the same in every mode."""
+    processor, budget = processors["left"], 12
+    for image in images:
+        inputs = encode(processor, [image], PROMPTS[:1])
+        features = hf_image_features(model, inputs)[0]
+        newline = newline_positions(model, features)
+        masks = {}
+        for newlines in ("kept", "all", "none"):
+            with svdprune.prune(model, processor, budget=budget, scope=scope, method="exact", newlines=newlines) as handle:
+                with LanguageModelInputs(model) as seen:
+                    model(**inputs)
+            masks[newlines] = mask = handle.last_mask[0]
+            ids = inputs.input_ids[0]
+            start = int((ids == model.config.image_token_id).nonzero()[0])
+            kept = int(mask.sum())
+            assert seen.embeds[0].shape[1] == ids.shape[0] - features.shape[0] + kept
+            assert torch.equal(seen.embeds[0][0, start : start + kept], features[mask])
+        groups = 1 if scope == "image" else len(set((handle.last_visuals[0].sources[~newline] // PER_CROP).tolist()))
+        assert torch.equal(masks["all"], masks["kept"] | newline)
+        assert torch.equal(masks["none"], masks["kept"] & ~newline)
+        assert int(masks["all"].sum()) == groups * budget + int(newline.sum())
+        assert int(masks["none"].sum()) == groups * budget
+
+
 def test_tile_scope_keeps_the_budget_in_the_base_view_and_in_every_tile(model, processors, images):
     processor, budget = processors["left"], 12
     inputs = encode(processor, [images[0]], PROMPTS[:1])
@@ -279,6 +306,8 @@ def test_bad_input_is_reported(model, processors, images):
         svdprune.prune(model, scope="video")
     with pytest.raises(ValueError, match="budget"):
         svdprune.prune(model, budget=0)
+    with pytest.raises(ValueError, match=r"newlines must be one of \('kept', 'all', 'none'\) for LLaVA-NeXT"):
+        svdprune.prune(model, newlines="rows")
     assert "forward" not in model.__dict__
 
 

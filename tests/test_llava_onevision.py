@@ -103,6 +103,30 @@ def test_image_keeps_the_budget_over_base_view_and_tiles(model, processors, imag
     assert torch.equal(seen.embeds[0][0, start : start + kept], features[mask])
 
 
+@pytest.mark.parametrize("newlines", ["all", "none"])
+def test_newline_modes_of_images_and_videos(model, processors, images, clips, newlines):
+    """The tokens "kept" keeps, with every newline ("all": budget + grid rows, the clip's one
+    newline) or none ("none": exactly budget per image, per frame)."""
+    processor, budget = processors["left"], 6
+    image_inputs = encode(processor, [images[1]], PROMPTS[:1])
+    video_inputs = tiny_models.video_inputs(processor, clips[:1], VIDEO_PROMPTS[:1])
+    image_newline = (hf_image_features(model, image_inputs)[0] == model.model.image_newline).all(-1)
+    assert image_newline.sum() > 1
+    for inputs, newline, tokens in [(image_inputs, image_newline, budget), (video_inputs, None, 3 * budget)]:
+        masks = {}
+        for mode in ("kept", newlines):
+            with svdprune.prune(model, processor, budget=budget, method="exact", newlines=mode) as handle:
+                with LanguageModelInputs(model) as seen:
+                    model(**inputs)
+            masks[mode] = handle.last_mask[0]
+        newline = handle.last_visuals[0].newline if newline is None else newline
+        expected = masks["kept"] | newline if newlines == "all" else masks["kept"] & ~newline
+        assert torch.equal(masks[newlines], expected)
+        assert int(masks[newlines].sum()) == tokens + (int(newline.sum()) if newlines == "all" else 0)
+        assert seen.embeds[0].shape[1] == inputs.input_ids.shape[1] - newline.shape[0] + int(masks[newlines].sum())
+    assert bool(masks[newlines][-1]) == (newlines == "all")  # the video's newline ends the clip
+
+
 def test_images_batched_match_each_prompt_alone(model, processors, images):
     processor = processors["right"]  # both padding sides: test_llava_next.py, and the videos below
     prompts = ["USER: <image>\n<image>\nCompare the two pictures. ASSISTANT:", PROMPTS[1]]

@@ -183,6 +183,7 @@ def llama_checkpoint(tmp_path_factory, checkpoint):
         ({"budget": 64, "source": "pixels"}, r"svdprune\.source must be one of .*got 'pixels'"),
         ({"budget": 64, "variance": 0}, r"svdprune\.variance must be in \(0, 1\]"),
         ({"budget": 64, "budgets": 3}, r"svdprune: unknown key\(s\) \['budgets'\]"),
+        ({"budget": 64, "newlines": "all"}, r"svdprune\.newlines applies to LLaVA-NeXT and LLaVA-OneVision only"),
     ],
 )
 def test_bad_settings_fail_at_start(checkpoint, settings, message):

@@ -53,6 +53,7 @@ def prune(
     source: str = "projector",
     scope: str = "image",
     positions: str | None = None,
+    newlines: str | None = None,
 ) -> PruneHandle:
     """Make ``model`` see only the selected visual tokens of every image and video it is given.
 
@@ -67,8 +68,7 @@ def prune(
             the base view and all tiles together), per tile (``"tile"``), per video frame, or per
             whole video (``"video"``); ``None`` for the adaptive mode (``select_adaptive`` per
             image, tile, frame or video: the fewest tokens whose cumulative leverage reaches
-            ``variance * rank``). Row-end ``image_newline`` tokens are not counted: one stays
-            after every row that keeps a token.
+            ``variance * rank``). Row-end ``image_newline`` tokens are not counted (``newlines``).
         variance: fraction of the energy the truncated SVD keeps, in ``(0, 1]``.
         method: ``"exact"``, ``"randomized"`` or ``"auto"``.
         strategy: how a fixed ``budget`` is chosen: ``"leverage"`` (top-K leverage) or
@@ -84,6 +84,15 @@ def prune(
             kept token, text included, keeps its position in the full sequence, and new tokens
             continue from there, as without pruning (Qwen's only choice: its 3-D rotary
             positions place visual tokens on their grid). ``None``: the family's default.
+        newlines: what becomes of the ``image_newline`` token LLaVA-NeXT and OneVision put after
+            each row of an image's tile grid (and OneVision after each video); newlines are never
+            scored nor counted in ``budget``. ``"kept"`` (the default): a row's newline stays when
+            a token of the row does, so the language model still sees where each kept row ends,
+            at a count that depends on the selection; ``"all"``: every newline stays, the grid's
+            rows shown whole, and an image costs ``budget`` plus its grid's rows (a count known
+            from the image's size, which vLLM can serve: :mod:`svdprune.vllm`'s default);
+            ``"none"``: every newline goes, an image costs exactly ``budget`` and the language
+            model sees no row ends. Other families have no newlines: leave it ``None``.
 
     Returns:
         A :class:`PruneHandle`; ``handle.remove()`` or ``with prune(...):`` restores the model.
@@ -99,10 +108,10 @@ def prune(
             "processor must be the model's processor or its tokenizer (an object with padding_side and "
             f"pad_token_id, or whose .tokenizer has them), got {type(processor).__name__}"
         )
-    settings = PruneSettings(budget, variance, method, strategy, source, scope, positions).checked(
-        adapter.family, adapter.scopes, adapter.positions, adapter.fixed_tokens
+    settings = PruneSettings(budget, variance, method, strategy, source, scope, positions, newlines).checked(
+        adapter.family, adapter.scopes, adapter.positions, adapter.fixed_tokens, adapter.newlines
     )
     return PruneHandle(
         model, adapter, processor, settings.budget, settings.variance, settings.method, settings.source,
-        settings.strategy, settings.scope, settings.positions,
+        settings.strategy, settings.scope, settings.positions, settings.newlines,
     )

@@ -38,6 +38,9 @@ class Adapter:
     fixed_tokens: int | None = None
     # The position schemes the family supports (see the module docstring); the first is the default.
     positions: tuple[str, ...] = ("compact", "keep")
+    # What may become of the family's row-end newline tokens (settings.NEWLINES), the first the
+    # default; none: the family has no newline tokens.
+    newlines: tuple[str, ...] = ()
 
     def __init__(self, model):
         self.model = model

@@ -163,7 +163,9 @@ class PruneHandle:
     block). A ``copy.deepcopy`` of the pruned model is pruned the same way, by a handle of its own.
     """
 
-    def __init__(self, model, adapter: Adapter, processor, budget, variance, method, source, strategy, scope, positions):
+    def __init__(
+        self, model, adapter: Adapter, processor, budget, variance, method, source, strategy, scope, positions, newlines
+    ):
         self.model = model
         self.adapter = adapter
         self.tokenizer = tokenizer_of(processor)
@@ -174,6 +176,7 @@ class PruneHandle:
         self.strategy = strategy
         self.scope = scope
         self.positions = positions
+        self.newlines = newlines
         self.last_mask: torch.Tensor | list[torch.Tensor] | None = None
         self.last_visuals: list | None = None  # the adapter's description of the latest visuals
         self.selection_seconds = 0.0
@@ -188,7 +191,7 @@ class PruneHandle:
         return (
             f"PruneHandle({self.adapter.family}, budget={budget}, scope={self.scope!r}, variance={self.variance}, "
             f"method={self.method!r}, strategy={self.strategy!r}, source={self.source!r}, "
-            f"positions={self.positions!r}, {state})"
+            f"positions={self.positions!r}, newlines={self.newlines!r}, {state})"
         )
 
     @property
@@ -265,7 +268,7 @@ class PruneHandle:
         kinds = self.adapter.visuals(call, self.source, self.scope)
         start = _finished_work_time(input_ids.device)
         placeholders, kept, features, masks = select_placeholders(
-            input_ids, kinds, self.budget, self.variance, self.method, self.strategy
+            input_ids, kinds, self.budget, self.variance, self.method, self.strategy, newlines=self.newlines
         )
         self.selection_seconds += _finished_work_time(input_ids.device) - start
         # Detached: a training forward's graph belongs to its output, not to the handle.

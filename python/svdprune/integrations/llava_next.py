@@ -21,6 +21,7 @@ import torch
 
 from .llava import LlavaAdapter
 from .selection import Visual
+from .settings import NEWLINES
 
 __all__ = ["LlavaNextAdapter"]
 
@@ -29,6 +30,7 @@ class LlavaNextAdapter(LlavaAdapter):
     class_name = "LlavaNextForConditionalGeneration"
     family = "LLaVA-NeXT"
     scopes = ("image", "tile")
+    newlines = NEWLINES
     options = ("vision_feature_layer", "vision_feature_select_strategy", "image_sizes")
 
     def __init__(self, model):
@@ -73,40 +75,52 @@ class LlavaNextAdapter(LlavaAdapter):
         vision, projected = self.crop_features(pixel_values, call)
         features = self.pack(list(projected.split(crops)), image_sizes, self.model.model.image_newline, call)
         per_crop = projected.shape[1]
-        # The same packing applied to each token's index (and its vision features): index -1
-        # marks a newline; an index that is no longer whole means the model downscaled the grid.
-        index = torch.arange(projected.shape[0] * per_crop, dtype=torch.float64, device=vision.device)
-        layout = index.view(-1, per_crop, 1)
-        if source == "vision":
-            layout = torch.cat([layout, vision.double()], dim=-1)
-        marker = torch.zeros(layout.shape[-1], dtype=torch.float64, device=vision.device)
-        marker[0] = -1
-        packed = self.pack(list(layout.split(crops)), image_sizes, marker, call)
+        layouts = [index_layout(n, per_crop, part if source == "vision" else None, vision.device)
+                   for n, part in zip(crops, vision.split(crops))]
+        packed = self.pack(layouts, image_sizes, newline_marker(layouts[0].shape[-1], vision.device), call)
+        return [
+            image_visual(feature, laid_out, n, per_crop, scope, source, image)
+            for image, (feature, laid_out, n) in enumerate(zip(features, packed, crops))
+        ]
 
-        visuals, first_crop = [], 0
-        for image, (feature, laid_out) in enumerate(zip(features, packed)):
-            position = laid_out[:, 0]
-            newline = position == -1
-            whole = torch.equal(position, position.round())
-            sources = torch.where(newline, -1, position.long() - first_crop * per_crop) if whole else torch.full_like(
-                position, -1, dtype=torch.long
+
+def index_layout(crops: int, per_crop: int, vision: torch.Tensor | None, device) -> torch.Tensor:
+    """``[crops, per_crop, 1 (+ D)]`` float64: each token's index in the image (crop * per_crop +
+    token), and its vision features (``[crops, per_crop, D]``) alongside when given. Packed as the
+    model packs its features, it says for each placeholder which crop and token it came from."""
+    index = torch.arange(crops * per_crop, dtype=torch.float64, device=device).view(crops, per_crop, 1)
+    return index if vision is None else torch.cat([index, vision.to(device, torch.float64)], dim=-1)
+
+
+def newline_marker(width: int, device) -> torch.Tensor:
+    """The "newline" an :func:`index_layout` is packed with: index -1."""
+    marker = torch.zeros(width, dtype=torch.float64, device=device)
+    marker[0] = -1
+    return marker
+
+
+def image_visual(feature, laid_out, crops: int, per_crop: int, scope: str, source: str, image: int) -> Visual:
+    """Image ``image``'s :class:`Visual` from its packed ``feature`` (``[L, H]``, what its
+    placeholders receive) and its packed :func:`index_layout` (``laid_out``, ``[L, 1 (+ D)]``)."""
+    position = laid_out[:, 0]
+    newline = position == -1
+    # An index that is no longer whole means the model downscaled the grid (OneVision's anyres_max).
+    whole = torch.equal(position, position.round())
+    sources = torch.where(newline, -1, position.long()) if whole else torch.full_like(position, -1, dtype=torch.long)
+    # A row is everything after the previous newline; the base view of a tiled image has none.
+    rows = newline.long().cumsum(0) - newline.long()
+    if crops > 1:
+        rows[:per_crop] = -1
+    tokens = (~newline).nonzero().flatten()
+    if scope == "tile":
+        if not whole:
+            raise ValueError(
+                f"scope='tile' needs each token's tile, but the model downscaled image {image}'s tile grid; "
+                "use scope='image'"
             )
-            # A row is everything after the previous newline; the base view of a tiled image has none.
-            rows = newline.long().cumsum(0) - newline.long()
-            if crops[image] > 1:
-                rows[:per_crop] = -1
-            tokens = (~newline).nonzero().flatten()
-            if scope == "tile":
-                if not whole:
-                    raise ValueError(
-                        f"scope='tile' needs each token's tile, but the model downscaled image {image}'s tile grid; "
-                        "use scope='image'"
-                    )
-                tile = sources[tokens] // per_crop
-                groups = [tokens[tile == t] for t in tile.unique()]
-            else:
-                groups = [tokens]
-            scored = feature if source == "projector" else laid_out[:, 1:].to(vision.dtype)
-            visuals.append(Visual(feature, scored, groups, newline, rows, sources))
-            first_crop += crops[image]
-        return visuals
+        tile = sources[tokens] // per_crop
+        groups = [tokens[tile == t] for t in tile.unique()]
+    else:
+        groups = [tokens]
+    scored = feature if source == "projector" else laid_out[:, 1:].to(feature.dtype)
+    return Visual(feature, scored, groups, newline, rows, sources)

@@ -64,19 +64,22 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         pool = self.model.model.apply_pooling  # channel-wise, so it pools the vision features alike
         projected = pool(projected).unflatten(0, (count, frames))
         scored = projected if source == "projector" else pool(vision).unflatten(0, (count, frames))
-        per_frame = projected.shape[2]
-        length = frames * per_frame + 1
-        device = projected.device
-        newline = torch.zeros(length, dtype=torch.bool, device=device)
-        newline[-1] = True
-        tokens = torch.arange(frames * per_frame, device=device)
-        groups = [tokens] if scope == "video" else list(tokens.view(frames, per_frame))
-        image_newline = self.model.model.image_newline.to(device, projected.dtype)
-        visuals = []
-        for clip, clip_scored in zip(projected, scored):
-            features = torch.cat([clip.flatten(0, 1), image_newline[None]])
-            clip_scored = torch.cat([clip_scored.flatten(0, 1), clip_scored.new_zeros(1, clip_scored.shape[-1])])
-            # Pooled tokens are no single vision-tower token: no sources. The clip is one row.
-            visuals.append(Visual(features, clip_scored, groups, newline, torch.zeros(length, dtype=torch.long,
-                                  device=device), torch.full((length,), -1, device=device)))
-        return visuals
+        image_newline = self.model.model.image_newline.to(projected.device, projected.dtype)
+        return [video_visual(clip, clip_scored, image_newline, scope) for clip, clip_scored in zip(projected, scored)]
+
+
+def video_visual(clip: torch.Tensor, scored: torch.Tensor, image_newline: torch.Tensor, scope: str) -> Visual:
+    """A video's :class:`Visual` from its pooled projected frames (``clip``, ``[F, P, H]``), the
+    pooled features the selection scores (``[F, P, D]``) and the newline that ends the clip."""
+    frames, per_frame = clip.shape[:2]
+    length = frames * per_frame + 1
+    device = clip.device
+    newline = torch.zeros(length, dtype=torch.bool, device=device)
+    newline[-1] = True
+    tokens = torch.arange(frames * per_frame, device=device)
+    groups = [tokens] if scope == "video" else list(tokens.view(frames, per_frame))
+    features = torch.cat([clip.flatten(0, 1), image_newline[None]])
+    scored = torch.cat([scored.flatten(0, 1), scored.new_zeros(1, scored.shape[-1])])
+    # Pooled tokens are no single vision-tower token: no sources. The clip is one row.
+    rows = torch.zeros(length, dtype=torch.long, device=device)
+    return Visual(features, scored, groups, newline, rows, torch.full((length,), -1, device=device))

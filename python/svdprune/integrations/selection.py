@@ -38,15 +38,23 @@ class Visual:
 
 
 def select_tokens(
-    visuals: list[Visual], budget: int | None, variance: float, method: str, strategy: str, *, keep_smaller: bool = False
+    visuals: list[Visual],
+    budget: int | None,
+    variance: float,
+    method: str,
+    strategy: str,
+    *,
+    keep_smaller: bool = False,
+    newlines: str | None = "kept",
 ) -> list[torch.Tensor]:
     """Per visual, an ``[L]`` bool mask of the placeholders that survive.
 
     ``budget`` tokens are kept in every group (``None``: the adaptive count per group). A group
     of fewer tokens than ``budget`` is an error, or with ``keep_smaller`` keeps them all (vLLM
     sizes its placeholders so). Groups of equal size go through one batched call of the op, as a
-    batch of LLaVA-1.5 images does. A newline survives with its row (when at least one token of
-    the row does).
+    batch of LLaVA-1.5 images does. Newlines are never scored; with ``newlines="kept"`` one
+    survives with its row (when at least one token of the row does), with ``"all"`` every one
+    survives, with ``"none"`` (or ``None``, for visuals without newlines) none does.
     """
     masks = [torch.zeros(v.features.shape[0], dtype=torch.bool, device=v.features.device) for v in visuals]
     by_size: dict[int, list[tuple[int, torch.Tensor]]] = defaultdict(list)
@@ -72,7 +80,9 @@ def select_tokens(
         for (index, group), group_kept in zip(members, kept):
             masks[index][group.to(masks[index].device)] = group_kept.to(masks[index].device)
     for visual, mask in zip(visuals, masks):
-        if visual.newline.any():
+        if newlines == "all":
+            mask |= visual.newline.to(mask.device)
+        elif newlines == "kept" and visual.newline.any():
             rows = visual.rows.to(mask.device)
             kept_rows = rows[mask & (rows >= 0)].unique()
             mask |= visual.newline.to(mask.device) & torch.isin(rows, kept_rows)
@@ -86,16 +96,18 @@ def select_placeholders(
     variance: float,
     method: str,
     strategy: str,
+    *,
+    newlines: str | None = "kept",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Select every visual's tokens and lay the result out over ``input_ids``' placeholders.
 
     ``kinds`` is an adapter's answer: per kind ("image", "video"), its placeholder token id and
-    its visuals in placeholder order. Returns ``placeholders`` ``[B, L]`` bool, ``kept`` ``[P]``
+    its visuals in placeholder order; ``newlines`` as in :func:`select_tokens`. Returns ``placeholders`` ``[B, L]`` bool, ``kept`` ``[P]``
     bool (one per placeholder, row-major), the kept ``features`` ``[kept, H]`` in that order (the
     arguments :func:`~svdprune.integrations.batch.rewrite_batch` takes), and the per-visual masks.
     """
     visuals = [visual for _, _, group in kinds for visual in group]
-    masks = select_tokens(visuals, budget, variance, method, strategy)
+    masks = select_tokens(visuals, budget, variance, method, strategy, newlines=newlines)
     placeholders = torch.zeros_like(input_ids, dtype=torch.bool)
     surviving = torch.zeros_like(placeholders)
     kept_features = []

@@ -13,9 +13,11 @@ import torch
 
 import svdprune_cuda
 
-__all__ = ["PruneSettings", "SOURCES", "budget_limit"]
+__all__ = ["PruneSettings", "SOURCES", "NEWLINES", "budget_limit"]
 
 SOURCES = ("projector", "vision")
+# What becomes of the row-end image_newline tokens of LLaVA-NeXT and OneVision (svdprune.prune).
+NEWLINES = ("kept", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,17 @@ class PruneSettings:
     source: str = "projector"
     scope: str = "image"
     positions: str | None = None
+    newlines: str | None = None
 
-    def checked(self, family: str, scopes: tuple[str, ...], positions: tuple[str, ...], most: int | None) -> PruneSettings:
-        """These settings for a model of ``family``, which allows ``scopes`` and ``positions`` (the
-        first is its default) and has ``most`` tokens per image (``None``: images differ):
-        ``budget`` as an ``int``, ``variance`` as a ``float``, ``positions`` resolved.
+    def checked(
+        self, family: str, scopes: tuple[str, ...], positions: tuple[str, ...], most: int | None,
+        newlines: tuple[str, ...] = (),
+    ) -> PruneSettings:
+        """These settings for a model of ``family``, which allows ``scopes``, ``positions`` and
+        ``newlines`` (the first is its default; no ``newlines``: the family has no newline tokens,
+        and the setting must be left ``None``) and has ``most`` tokens per image (``None``: images
+        differ): ``budget`` as an ``int``, ``variance`` as a ``float``, ``positions`` and
+        ``newlines`` resolved.
 
         Raises ``ValueError`` whose message begins with the offending setting's name.
         """
@@ -57,7 +65,19 @@ class PruneSettings:
         if resolved not in positions:
             why = " (its language model places visual tokens by their 3-D grid positions)" if resolved == "compact" else ""
             raise ValueError(f"positions must be one of {positions} for {family}{why}, got {self.positions!r}")
-        return dataclasses.replace(self, budget=budget, variance=float(variance), positions=resolved)
+        if not newlines and self.newlines is not None:
+            raise ValueError(
+                f"newlines applies to LLaVA-NeXT and LLaVA-OneVision only (their image_newline tokens); {family} has "
+                f"no newline tokens: leave it None, got {self.newlines!r}"
+            )
+        resolved_newlines = self.newlines
+        if newlines:
+            resolved_newlines = newlines[0] if self.newlines is None else self.newlines
+            if resolved_newlines not in newlines:
+                raise ValueError(f"newlines must be one of {newlines} for {family}, got {self.newlines!r}")
+        return dataclasses.replace(
+            self, budget=budget, variance=float(variance), positions=resolved, newlines=resolved_newlines
+        )
 
 
 def budget_limit(most: int | None) -> str:

@@ -598,8 +598,8 @@ def save_checkpoint(model, processor, directory) -> None:
     ``QWEN_CHAT_TEMPLATE``).
 
     A Qwen processor is written as the full processor class with a video processor for the same
-    patches and frames of as many pixels as an image, which ``AutoProcessor`` needs to load it (and
-    which needs torchvision).
+    patches and frames of as many pixels as an image, a OneVision processor with one for frames of
+    a crop's size, which ``AutoProcessor`` needs to load them (and which needs torchvision).
     """
     import transformers
 
@@ -617,6 +617,16 @@ def save_checkpoint(model, processor, directory) -> None:
         )
         processor = getattr(transformers, QWEN_PROCESSORS[model_type])(
             image_processor=image_processor, tokenizer=processor.tokenizer, video_processor=video_processor
+        )
+    elif model_type == "llava_onevision":
+        processor = transformers.LlavaOnevisionProcessor(
+            image_processor=processor.image_processor,
+            tokenizer=processor.tokenizer,
+            video_processor=transformers.LlavaOnevisionVideoProcessor(
+                size={"height": TILE_SIZE, "width": TILE_SIZE}, image_mean=SIGLIP_MEAN, image_std=SIGLIP_STD
+            ),
+            num_image_tokens=processor.num_image_tokens,
+            vision_feature_select_strategy=processor.vision_feature_select_strategy,
         )
     processor.chat_template = QWEN_CHAT_TEMPLATE if model_type in QWEN_PROCESSORS else LLAVA_CHAT_TEMPLATE
     model.save_pretrained(directory)

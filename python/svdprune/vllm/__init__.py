@@ -1,4 +1,5 @@
-"""SVD-Prune inside vLLM: LLaVA-1.5, Qwen2.5-VL and Qwen3-VL serve fewer visual tokens per image.
+"""SVD-Prune inside vLLM: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL serve
+fewer visual tokens per image.
 
 A vLLM general plugin (entry point ``vllm.general_plugins``: ``svdprune``), switched on per model
 through the model config::
@@ -14,6 +15,11 @@ Without the ``svdprune`` key the model is vLLM's own, unchanged.
 n)`` of an image's ``n`` merged tokens (an image smaller than the budget keeps them all), and of a
 video ``min(budget, n)`` per merged frame (two frames), or per whole clip with ``"scope":
 "video"`` (Qwen2.5-VL only), the tokens :func:`svdprune.prune` keeps with the same settings.
+LLaVA-NeXT and OneVision keep ``min(budget, n)`` of an image's ``n`` visual tokens (per base view
+and per tile with ``"scope": "tile"``) and of a OneVision video per frame (per clip with
+``"scope": "video"``), plus, with ``"newlines": "all"`` (the default), every newline of the
+image's grid rows and the video's one, or none with ``"none"`` (``svdprune.prune``'s
+``newlines``; its ``"kept"`` gives a count vLLM cannot know before the vision tower runs).
 
 How it works, and why this way
 ------------------------------
@@ -21,9 +27,10 @@ vLLM sizes a visual's placeholders in the prompt before the vision tower runs (t
 the KV cache and prefix caching all work on the placeholder tokens), so only counts known from
 the image's size are possible: the prompt gets the kept count of placeholders per visual, and the
 model's embedding path returns exactly that many features, the kept tokens in their original
-order (:mod:`svdprune.vllm.model` for LLaVA-1.5, :mod:`svdprune.vllm.qwen`). Everything else -
+order (:mod:`svdprune.vllm.model` for LLaVA-1.5, :mod:`svdprune.vllm.llava_next`,
+:mod:`svdprune.vllm.qwen`). Everything else -
 attention, chunked prefill, prefix caching, continuous batching - is vLLM's, working on the
-shorter prompt. LLaVA-1.5's positions are vLLM's own numbering of the shorter prompt
+shorter prompt. The LLaVA families' positions are vLLM's own numbering of the shorter prompt
 (``positions="compact"``); Qwen's kept tokens keep their 3-D positions in the full sequence
 (``positions="keep"``, :mod:`svdprune.vllm.positions`). The vLLM internals the plugin relies on
 are named in :mod:`svdprune.vllm.internals`.
@@ -42,7 +49,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from svdprune.integrations import Adapter, LlavaAdapter, Qwen2_5_VLAdapter, Qwen3VLAdapter
+from svdprune.integrations import (
+    Adapter,
+    LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+    Qwen2_5_VLAdapter,
+    Qwen3VLAdapter,
+)
 from svdprune.integrations.llava import tokens_per_image
 from svdprune.integrations.settings import PruneSettings, budget_limit
 
@@ -60,11 +74,22 @@ class Served:
     adapter: type[Adapter]
     scopes: tuple[str, ...]
     positions: str  # "compact": vLLM numbers the shortened prompt; "keep": the plugin keeps Qwen's
+    # The newline modes served, the first the default (none: the family has no newline tokens).
+    newlines: tuple[str, ...] = ()
 
 
 MODELS = {
     "LlavaForConditionalGeneration": Served(
         "svdprune.vllm.model:PrunedLlavaForConditionalGeneration", LlavaAdapter, ("image",), "compact"
+    ),
+    # An image's placeholders are counted from its size: every row's newline or none.
+    "LlavaNextForConditionalGeneration": Served(
+        "svdprune.vllm.llava_next:PrunedLlavaNextForConditionalGeneration", LlavaNextAdapter, ("image", "tile"),
+        "compact", ("all", "none"),
+    ),
+    "LlavaOnevisionForConditionalGeneration": Served(
+        "svdprune.vllm.llava_next:PrunedLlavaOnevisionForConditionalGeneration", LlavaOnevisionAdapter,
+        ("image", "tile", "video"), "compact", ("all", "none"),
     ),
     "Qwen2_5_VLForConditionalGeneration": Served(
         "svdprune.vllm.qwen:PrunedQwen2_5_VLForConditionalGeneration", Qwen2_5_VLAdapter, ("image", "video"), "keep"
@@ -107,8 +132,12 @@ def settings(hf_config, architecture: str) -> PruneSettings | None:
         raise ValueError(f"{KEY}: unknown key(s) {unknown}; known: {known}")
 
     most = tokens_per_image(hf_config) if served.adapter is LlavaAdapter else None
+    if served.newlines:
+        raw = {"newlines": served.newlines[0], **raw}
     try:
-        prune = PruneSettings(**raw).checked(family, served.adapter.scopes, served.adapter.positions, most)
+        prune = PruneSettings(**raw).checked(
+            family, served.adapter.scopes, served.adapter.positions, most, served.adapter.newlines
+        )
     except ValueError as error:
         raise ValueError(f"{KEY}.{error}") from None
     if prune.budget is None:
@@ -120,6 +149,12 @@ def settings(hf_config, architecture: str) -> PruneSettings | None:
         raise ValueError(
             f"{KEY}.scope {prune.scope!r} is not served for {family} (served: {served.scopes}): vLLM counts "
             "each merged frame's placeholders before the vision tower runs"
+        )
+    if served.newlines and prune.newlines not in served.newlines:
+        raise ValueError(
+            f"{KEY}.newlines {prune.newlines!r} is not served for {family} (served: {served.newlines}, default "
+            f"{served.newlines[0]!r}): vLLM counts an image's placeholders from its size before the vision tower "
+            "runs, and 'kept' keeps a number of newlines that depends on the selection"
         )
     if prune.positions != served.positions:
         raise ValueError(

@@ -18,7 +18,10 @@ Also relied on, without changes: the per-architecture config hooks (``MODELS_CON
 :func:`svdprune.vllm.register`); Qwen's multimodal processors, whose ``_get_prompt_updates``
 fixes each visual's placeholders before the vision tower runs; the models' ``embed_multimodal``
 and ``_process_image_input``/``_process_video_input`` (per visual ``[tokens, H]``, Qwen3-VL's
-deepstack levels as further columns); ``get_mrope_input_positions``, called when a request
+deepstack levels as further columns); LLaVA-NeXT's and OneVision's ``_merge_image_patch_embeddings``
+(which reads only the model's ``config`` and ``image_newline``, so it packs an index tensor as
+well), ``_image_pixels_to_features``, ``apply_pooling`` and ``_get_num_frame_tokens``, and their
+processors' ``_get_prompt_updates``, whose replacements give each image and video its placeholders; ``get_mrope_input_positions``, called when a request
 arrives; ``recompute_mrope_positions``, called for every request of every step once the flag is
 set, with the prompt, the embeddings that fill the step's placeholders, in order, and the number
 of tokens computed before the step.
@@ -50,6 +53,15 @@ _NAMES = {
     "LlavaProcessingInfo": "vllm.model_executor.models.llava",
     "_build_llava_or_pixtral_hf_info": "vllm.model_executor.models.llava",
     "_build_llava_or_pixtral_hf_processor": "vllm.model_executor.models.llava",
+    # LLaVA-NeXT
+    "LlavaNextForConditionalGeneration": "vllm.model_executor.models.llava_next",
+    "LlavaNextMultiModalProcessor": "vllm.model_executor.models.llava_next",
+    "LlavaNextProcessingInfo": "vllm.model_executor.models.llava_next",
+    # LLaVA-OneVision
+    "LlavaOnevisionDummyInputsBuilder": "vllm.model_executor.models.llava_onevision",
+    "LlavaOnevisionForConditionalGeneration": "vllm.model_executor.models.llava_onevision",
+    "LlavaOnevisionMultiModalProcessor": "vllm.model_executor.models.llava_onevision",
+    "LlavaOnevisionProcessingInfo": "vllm.model_executor.models.llava_onevision",
     # Qwen2.5-VL
     "Qwen2_5_VLDummyInputsBuilder": "vllm.model_executor.models.qwen2_5_vl",
     "Qwen2_5_VLForConditionalGeneration": "vllm.model_executor.models.qwen2_5_vl",

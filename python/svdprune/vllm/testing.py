@@ -1,4 +1,4 @@
-"""Randomly initialised LLaVA-1.5, Qwen2.5-VL and Qwen3-VL written to disk as checkpoints vLLM can
+"""Randomly initialised LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL and Qwen3-VL written to disk as checkpoints vLLM can
 serve (nothing downloaded).
 
 vLLM 0.32 loads LLaVA weights by the names of the llava-hf checkpoints on the Hub
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from svdprune.testing import models
 
-__all__ = ["write_checkpoint", "write_qwen_checkpoint", "CHAT_TEMPLATE"]
+__all__ = ["write_checkpoint", "write_llava_next_checkpoint", "write_qwen_checkpoint", "CHAT_TEMPLATE"]
 
 # LLaVA-1.5's conversation format: "<s>USER: <image>\n<question> ASSISTANT: <answer></s>" (the
 # <s> is written here because vLLM does not add special tokens to a rendered chat)
@@ -54,6 +54,14 @@ def _hub_name(name: str) -> str:
     return name
 
 
+def _write_hub_weights(model, directory) -> None:
+    """``model``'s weights as ``directory/model.safetensors``, by the Hub checkpoints' names."""
+    from safetensors.torch import save_file
+
+    weights = {_hub_name(name): tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(weights, str(Path(directory) / "model.safetensors"), metadata={"format": "pt"})
+
+
 def write_checkpoint(directory, **model_options):
     """Build a tiny LLaVA-1.5 (``svdprune.testing.models.build_model``; ``model_options`` are fields
     of its ``Sizes``) and write it to ``directory`` (config, safetensors, tokenizer, processor, chat
@@ -61,8 +69,6 @@ def write_checkpoint(directory, **model_options):
 
     Returns ``(model, processor)``: the same weights, in memory, as transformers objects.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
@@ -70,8 +76,7 @@ def write_checkpoint(directory, **model_options):
     processor.chat_template = CHAT_TEMPLATE
     processor.tokenizer.chat_template = CHAT_TEMPLATE
     model = models.build_model(processor, sizes)
-    weights = {_hub_name(name): tensor.contiguous() for name, tensor in model.state_dict().items()}
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    _write_hub_weights(model, directory)
     model.config.architectures = [type(model).__name__]  # vLLM picks its model class by this
     model.config.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
@@ -91,4 +96,22 @@ def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", *, max_tokens: 
     # A small rotary base: the output depends on every kept token's position (models.build_qwen_model).
     model = models.build_qwen_model(processor, family, sizes, rope_theta=100.0)
     models.save_checkpoint(model, processor, directory)
+    return model
+
+
+def write_llava_next_checkpoint(directory, family: str = "llava_next", **model_options):
+    """Build a tiny LLaVA-NeXT (``family="llava_next"``, CLIP) or LLaVA-OneVision
+    (``"llava_onevision"``, SigLIP) of 112 px crops, 64 tokens each, with
+    ``svdprune.testing.models`` (``model_options`` are fields of its ``Sizes``) and write it to
+    ``directory`` with its processor and chat template, its weights by the Hub checkpoints' names
+    (as :func:`write_checkpoint`). Returns the transformers model."""
+    sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
+    if family == "llava_next":
+        processor = models.build_next_processor()
+        model = models.build_next_model(processor, sizes)
+    else:
+        processor = models.build_onevision_processor()
+        model = models.build_onevision_model(processor, sizes)
+    models.save_checkpoint(model, processor, directory)
+    _write_hub_weights(model, directory)  # the vision tower's weights by the names vLLM loads
     return model
