@@ -153,7 +153,7 @@ def test_answers_equal_prune_and_generate(task, checkpoints, family, budget):
     assert report.pop("selection_seconds") > 0
     positions = "compact" if family == "llava_hf" else "keep"
     assert report == dict(family=family, budget=budget, variance=0.9, method="auto", strategy="leverage",
-                          source="projector", scope="image", positions=positions)
+                          source="projector", scope="image", positions=positions, newlines=None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -187,7 +187,7 @@ def test_cli_writes_the_settings_with_the_results(task, checkpoints, tmp_path):
     (results_file,) = tmp_path.rglob("*_results.json")
     report = json.loads(results_file.read_text())["svdprune"]
     assert report.pop("selection_seconds") > 0
-    assert report == dict(family=family, scope="image", positions="compact", **settings)
+    assert report == dict(family=family, scope="image", positions="compact", newlines=None, **settings)
     (samples_file,) = tmp_path.rglob(f"*_samples_{TASK}.jsonl")
     samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
     # The file holds each answer as the task scores it: stripped.

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import svdprune  # noqa: E402
-from helpers import data_url, post, vllm_serve  # noqa: E402
+from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
 
@@ -147,19 +147,15 @@ def hf_generate(model, processor, inputs, settings):
     """Greedy new tokens, their log-probabilities and the kept placeholders per visual (images
     first; ``None``: nothing pruned) from transformers, pruned by svdprune.prune with ``settings``
     (``None``: unpruned)."""
-    handle = None if settings is None else svdprune.prune(model, processor, **settings)
-    try:
-        with torch.no_grad():
-            output = model.generate(
-                **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, output_logits=True, return_dict_in_generate=True
-            )
-    finally:
-        if handle is not None:
-            handle.remove()
-    tokens = output.sequences[0, inputs["input_ids"].shape[1] :].tolist()
-    logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
-    kept = None if handle is None or handle.last_mask is None else [int(mask.sum()) for mask in handle.last_mask]
-    return tokens, logprobs[torch.arange(len(tokens)), tokens], kept
+    handles = []
+
+    def prune():
+        handles.append(svdprune.prune(model, processor, **settings))
+        return handles[-1]
+
+    tokens, logprobs = transformers_greedy(model, inputs, MAX_TOKENS, None if settings is None else prune)
+    masks = handles[0].last_mask if handles else None
+    return tokens, logprobs, None if masks is None else [int(mask.sum()) for mask in masks]
 
 
 def served_prompt(ids: list[int], placeholder_ids: list[int], kept: list[int] | None) -> list[int]:

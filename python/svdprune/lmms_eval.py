@@ -10,7 +10,7 @@ model give it those of the wrapped model); only the model it loads is pruned. ``
 
 - every keyword of :func:`svdprune.prune`: ``budget`` (visual tokens per image, ``full`` for no
   pruning, ``adaptive`` for ``budget=None``), ``variance``, ``method``, ``strategy``, ``source``,
-  ``scope``, ``positions``, with prune's defaults. ``svdprune.prune`` itself checks them as soon
+  ``scope``, ``positions``, ``newlines``, with prune's defaults. ``svdprune.prune`` itself checks them as soon
   as the model is loaded, before any sample runs (with ``budget=full`` too);
 - ``family``: the lmms-eval model to run, by default the one for the checkpoint's ``model_type``;
 - everything else goes to that model (``pretrained``, ``device``, ``max_pixels``, ...).
