@@ -6,6 +6,9 @@ A model with random weights and few layers is written to disk, shaped as
   tokens per image; Llama-7B widths: 4096 hidden, 32 heads);
 - ``--model qwen2_5_vl``: Qwen2.5-VL-7B (vision tower 1280 wide, 14 px patches merged 2 x 2;
   language model 3584 wide, 28 heads of 128), every photo resized to 896 x 672 px: 768 tokens;
+- ``--model llava_next``: LLaVA-NeXT-7B (LLaVA-1.5's widths, anyres crops of 336 px), every photo
+  resized to 672 x 672 px: the base view and a 2 x 2 grid of crops, 5 x 576 = 2,880 tokens, and a
+  newline after each of the grid's 48 rows (``newlines="all"``, the plugin's default, keeps them);
 
 then for each budget one vLLM engine (offline ``LLM``, the plugin switched on with
 ``hf_overrides``) answers a batch of concurrent requests, each with its own photo, and reports
@@ -46,12 +49,15 @@ class Shape:
     budgets: tuple  # None: the stock model, every token
     sizes: dict  # svdprune.testing.models.Sizes fields
     picture_size: tuple[int, int] | None = None  # (width, height) every photo is resized to
+    max_model_len: int = 2048
 
     def write_checkpoint(self, directory) -> None:
         from svdprune.vllm import testing
 
         if self.name == "llava":
             testing.write_checkpoint(directory, **self.sizes)
+        elif self.name == "llava_next":
+            testing.write_llava_next_checkpoint(directory, tile_size=336, **self.sizes)
         else:
             testing.write_qwen_checkpoint(directory, self.name, max_tokens=self.tokens, **self.sizes)
 
@@ -66,6 +72,11 @@ SHAPES = {
         (None, 256, 128, 64, 32),
         dict(vision_hidden=1280, vision_layers=2, text_hidden=3584, text_layers=2, text_heads=28),
         picture_size=(896, 672),
+    ),
+    "llava_next": Shape(
+        "llava_next", f"USER: <image>\n{QUESTION} ASSISTANT:", 2880, (None, 640, 320, 160),
+        dict(vision_hidden=1024, vision_layers=2, text_hidden=4096, text_layers=2, text_heads=32),
+        picture_size=(672, 672), max_model_len=4096,
     ),
 }  # fmt: skip
 
@@ -93,7 +104,7 @@ def run(shape: Shape, budget, checkpoint: str, requests: int, max_tokens: int) -
         model=checkpoint,
         hf_overrides=overrides,
         dtype="float32",
-        max_model_len=2048,
+        max_model_len=shape.max_model_len,
         enforce_eager=True,
         enable_prefix_caching=False,  # every request pays its own prefill
         disable_log_stats=False,  # per-request first-token latency
@@ -184,7 +195,7 @@ def plot(name: str) -> None:
         axis.set_xlabel("visual tokens per image")
         axis.set_title(label)
         axis.grid(alpha=0.3)
-    title = {"llava": "LLaVA-1.5-7B", "qwen2_5_vl": "Qwen2.5-VL-7B"}[name]
+    title = {"llava": "LLaVA-1.5-7B", "qwen2_5_vl": "Qwen2.5-VL-7B", "llava_next": "LLaVA-NeXT-7B"}[name]
     figure.suptitle(f"vLLM {data['meta']['vllm']}, {title}-shaped ({data['meta']['machine']})", fontsize=10)
     figure.tight_layout()
     figure.savefig(RESULTS / f"{name}.png", dpi=120)

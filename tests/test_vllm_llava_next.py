@@ -8,7 +8,8 @@ and video's placeholders cut to the count svdprune.prune keeps, and the greedy t
 log-probabilities must agree. Engines are shared per module and family: one pruned with the
 defaults (every newline; chunked prefill in steps of 24 tokens, so prefills stop inside images;
 prefix caching in blocks of 32), one with no newlines (LLaVA-NeXT per tile, OneVision's videos per
-clip), one stock, and for LLaVA-NeXT one `vllm serve`.
+clip), one whose budget is above every crop's and frame's tokens, one stock, and for LLaVA-NeXT
+one `vllm serve`.
 
 112 px crops of 64 tokens: the astronaut photo is a 2 x 2 tile grid of 16 rows, the coffee photo
 cut to 150 x 600 px a 1 x 3 grid of 6 rows; video frames pool to 16 tokens.
@@ -45,6 +46,8 @@ ENGINE_OPTIONS = dict(
     block_size=32,
     seed=0,
 )
+# An engine whose budget is above every crop's 64 tokens and every video frame's 16: each keeps them all.
+LARGE_BUDGET = {"budget": 100, "scope": "tile", "newlines": "none"}
 # The second engine of each family: its settings besides the budget.
 OTHER_SETTINGS = {
     "llava_next": {"scope": "tile", "newlines": "none"},
@@ -119,6 +122,13 @@ def pruned_llm(checkpoint):
 @pytest.fixture(scope="module")
 def other_llm(checkpoint):
     llm = engine(checkpoint, {"budget": BUDGET, **OTHER_SETTINGS[family(checkpoint)]})
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def large_budget_llm(checkpoint):
+    llm = engine(checkpoint, LARGE_BUDGET)
     yield llm
     llm.llm_engine.engine_core.shutdown()
 
@@ -221,10 +231,6 @@ def test_one_image_keeps_the_budget_and_every_row_newline(pruned_llm, checkpoint
 
 
 def test_two_images_of_different_aspect_ratios(pruned_llm, checkpoint, pictures):
-    # OneVision prompts with several images: transformers gives each the base view only, vLLM all
-    # its tiles, both unpruned and pruned.
-    if family(checkpoint) != "llava_next":
-        pytest.skip("LLaVA-OneVision tiles several images per prompt unlike transformers")
     prompt = Prompt(TWO_IMAGES, pictures[:2])
     (output,) = pruned_llm.generate(prompt.request(), greedy())
     assert_matches_hf(output, checkpoint, prompt, DEFAULTS)
@@ -272,6 +278,21 @@ def test_no_newlines_per_tile_or_per_clip(other_llm, checkpoint, pictures, clip)
         token = config.image_token_id if prompt.images else config.video_token_id
         assert len(placeholders(output, token)) == count
         assert_matches_hf(output, checkpoint, prompt, settings)
+
+
+def test_groups_smaller_than_the_budget_keep_all_their_tokens(large_budget_llm, checkpoint, pictures, clip):
+    """Served, a crop or frame of fewer tokens than the budget keeps them all (svdprune.prune
+    refuses such a budget: its reference keeps each crop's or frame's whole count, 64 or 16)."""
+    config = checkpoint[1].config
+    prompts, counts = [Prompt(ONE_IMAGE, pictures[:1])], [(64, 5 * 64)]  # the base view and 2 x 2 tiles
+    if family(checkpoint) == "llava_onevision":
+        prompts.append(Prompt(ONE_VIDEO, video=clip))
+        counts.append((16, 3 * 16))  # three pooled frames
+    outputs = large_budget_llm.generate([prompt.request() for prompt in prompts], greedy())
+    for output, prompt, (group, count) in zip(outputs, prompts, counts):
+        token = config.image_token_id if prompt.images else config.video_token_id
+        assert len(placeholders(output, token)) == count
+        assert_matches_hf(output, checkpoint, prompt, {**LARGE_BUDGET, "budget": group})
 
 
 # -- without the key: vLLM's own model, equal to the unpruned transformers model -----------------

@@ -99,16 +99,21 @@ def write_qwen_checkpoint(directory, family: str = "qwen2_5_vl", *, max_tokens: 
     return model
 
 
-def write_llava_next_checkpoint(directory, family: str = "llava_next", **model_options):
+def write_llava_next_checkpoint(
+    directory, family: str = "llava_next", *, tile_size: int = models.TILE_SIZE, **model_options
+):
     """Build a tiny LLaVA-NeXT (``family="llava_next"``, CLIP) or LLaVA-OneVision
     (``"llava_onevision"``, SigLIP) of 112 px crops, 64 tokens each, with
     ``svdprune.testing.models`` (``model_options`` are fields of its ``Sizes``) and write it to
     ``directory`` with its processor and chat template, its weights by the Hub checkpoints' names
-    (as :func:`write_checkpoint`). Returns the transformers model."""
+    (as :func:`write_checkpoint`). ``tile_size=336`` gives LLaVA-NeXT its own crops (576 tokens
+    each; LLaVA-NeXT only). Returns the transformers model."""
     sizes = models.Sizes(**{"text_hidden": 128, "text_heads": 2, **model_options})
     if family == "llava_next":
-        processor = models.build_next_processor()
+        processor = models.build_next_processor(tile_size=tile_size)
         model = models.build_next_model(processor, sizes)
+    elif tile_size != models.TILE_SIZE:
+        raise ValueError(f"tile_size: only LLaVA-NeXT takes another crop size, got {tile_size} for {family!r}")
     else:
         processor = models.build_onevision_processor()
         model = models.build_onevision_model(processor, sizes)
