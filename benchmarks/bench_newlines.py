@@ -23,33 +23,16 @@ import svdprune
 from bench_llava_prefill import NEXT_PLACEHOLDERS, build_model, generation_timings, make_inputs
 from common import machine_description
 from svdprune.integrations.settings import NEWLINES
+from svdprune.testing.models import LanguageModelInputs
 
 ROOT = Path(__file__).resolve().parent
 
 
-class PromptRecorder:
-    """Notes the embeddings the language model's first forward (the prefill) receives."""
-
-    def __init__(self, model):
-        self.language_model = model.model.language_model
-        self.embeddings = None
-
-    def hook(self, module, args, kwargs):
-        if self.embeddings is None:
-            self.embeddings = kwargs["inputs_embeds"][0].clone()
-
-    def __enter__(self):
-        self.handle = self.language_model.register_forward_pre_hook(self.hook, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc_info):
-        self.handle.remove()
-
-
 def prefill_embeddings(model, inputs) -> torch.Tensor:
-    with PromptRecorder(model) as recorder:
+    """The embeddings the language model's first forward (the prefill) receives, for the one prompt."""
+    with LanguageModelInputs(model) as recorded:
         model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    return recorder.embeddings
+    return recorded.embeds[0][0]
 
 
 def measure(model, inputs, args) -> list[dict]:
