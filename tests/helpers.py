@@ -1,6 +1,7 @@
 """What the test modules share: the devices every op test runs on, designed test matrices with
-known spectra, and the assertions that compare a selection with the float64 reference. Test
-modules import from here, never from one another."""
+known spectra, the assertions that compare a selection with the float64 reference, and the
+prompts, engines and transformers reference of the vLLM plugin's tests. Test modules import from
+here, never from one another."""
 
 import base64
 import contextlib
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -247,6 +250,46 @@ def assert_a_follow_up_turn_continues_the_cache(model, tokenizer, inputs, visual
 # -- the vLLM plugin's tests (in .venv-vllm) --------------------------------------------------------
 
 
+@dataclass
+class Prompt:
+    """A text prompt with its images and video, as an offline vLLM request."""
+
+    text: str
+    images: tuple = ()
+    video: np.ndarray | None = None  # [frames, H, W, 3] uint8
+    video_metadata: dict | None = None  # how ``video``'s frames were sampled, for the processors that ask (Qwen)
+
+    def request(self) -> dict:
+        data = {}
+        if self.images:
+            data["image"] = list(self.images) if len(self.images) > 1 else self.images[0]
+        if self.video is not None:
+            data["video"] = self.video
+        if self.video is not None and self.video_metadata is not None:  # the frames as sampled: no further sampling
+            data["video"] = (self.video, {**self.video_metadata, "do_sample_frames": False})
+        return {"prompt": self.text, "multi_modal_data": data} if data else {"prompt": self.text}
+
+
+@contextlib.contextmanager
+def vllm_engine(directory, settings: dict | None = None, **options):
+    """An offline vLLM engine (``vllm.LLM``) on the checkpoint in ``directory``, pruned with the
+    svdprune ``settings`` (``None``: vLLM's own model); shut down on exit."""
+    import vllm
+
+    llm = vllm.LLM(model=str(directory), hf_overrides=None if settings is None else {"svdprune": settings}, **options)
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
+def vllm_greedy(max_tokens: int, logprobs: bool = True):
+    """Greedy sampling of ``max_tokens`` tokens, with each one's log-probability when ``logprobs``."""
+    import vllm
+
+    return vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0 if logprobs else None)
+
+
 def transformers_greedy(model, inputs, max_new_tokens: int, prune=None):
     """The reference a served model is compared with: greedy new tokens of ``model`` on ``inputs``
     (one prompt) and their log-probabilities, with the handle ``prune()`` returns (a
@@ -263,7 +306,6 @@ def transformers_greedy(model, inputs, max_new_tokens: int, prune=None):
     tokens = output.sequences[0, inputs["input_ids"].shape[1] :].tolist()
     logprobs = torch.stack(output.logits, 1)[0].float().log_softmax(-1)
     return tokens, logprobs[torch.arange(len(tokens)), tokens]
-
 
 
 def data_url(picture) -> str:

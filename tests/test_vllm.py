@@ -10,12 +10,12 @@ import os
 
 import pytest
 
-vllm = pytest.importorskip("vllm")
+pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 
-from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
+from helpers import data_url, post, transformers_greedy, vllm_engine, vllm_greedy, vllm_serve  # noqa: E402
 from svdprune import llava  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
@@ -64,26 +64,19 @@ def pil_pictures(pictures):
 @pytest.fixture(scope="module")
 def pruned_llm(checkpoint):
     # A small token budget per step makes every prompt with images prefill in several chunks.
-    llm = vllm.LLM(
-        model=str(checkpoint[0]),
-        hf_overrides={"svdprune": {"budget": BUDGET}},
-        max_num_batched_tokens=48,
-        enable_chunked_prefill=True,
-        **ENGINE_OPTIONS,
-    )
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    options = dict(max_num_batched_tokens=48, enable_chunked_prefill=True, **ENGINE_OPTIONS)
+    with vllm_engine(checkpoint[0], {"budget": BUDGET}, **options) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def stock_llm(checkpoint):
-    llm = vllm.LLM(model=str(checkpoint[0]), **ENGINE_OPTIONS)
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    with vllm_engine(checkpoint[0], **ENGINE_OPTIONS) as llm:
+        yield llm
 
 
 def greedy(logprobs: bool = True):
-    return vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0 if logprobs else None)
+    return vllm_greedy(MAX_TOKENS, logprobs)
 
 
 def expected_prompt_ids(processor, prompt, tokens_per_image):
@@ -187,13 +180,14 @@ def llama_checkpoint(tmp_path_factory, checkpoint):
     ],
 )
 def test_bad_settings_fail_at_start(checkpoint, settings, message):
-    with pytest.raises(ValueError, match=message):
-        vllm.LLM(model=str(checkpoint[0]), hf_overrides={"svdprune": settings}, **ENGINE_OPTIONS)
+    with pytest.raises(ValueError, match=message), vllm_engine(checkpoint[0], settings, **ENGINE_OPTIONS):
+        pass
 
 
 def test_unsupported_architecture_fails_at_start(llama_checkpoint):
     with pytest.raises(ValueError, match=r"svdprune: architecture 'LlamaForCausalLM' is not supported"):
-        vllm.LLM(model=str(llama_checkpoint), hf_overrides={"svdprune": {"budget": 64}}, dtype="float32")
+        with vllm_engine(llama_checkpoint, {"budget": 64}, dtype="float32"):
+            pass
 
 
 # -- vllm serve -----------------------------------------------------------------------------------

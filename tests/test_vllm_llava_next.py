@@ -17,18 +17,16 @@ cut to 150 x 600 px a 1 x 3 grid of 6 rows; video frames pool to 16 tokens.
 
 import json
 import os
-from dataclasses import dataclass
-
 import pytest
 
-vllm = pytest.importorskip("vllm")
+pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import svdprune  # noqa: E402
-from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
+from helpers import Prompt, data_url, post, transformers_greedy, vllm_engine, vllm_greedy, vllm_serve  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.vllm import testing as vllm_testing  # noqa: E402
 
@@ -53,21 +51,6 @@ OTHER_SETTINGS = {
     "llava_next": {"scope": "tile", "newlines": "none"},
     "llava_onevision": {"scope": "video", "newlines": "none"},
 }
-
-
-@dataclass
-class Prompt:
-    text: str
-    images: tuple = ()
-    video: np.ndarray | None = None  # [frames, H, W, 3] uint8
-
-    def request(self) -> dict:
-        data = {}
-        if self.images:
-            data["image"] = list(self.images) if len(self.images) > 1 else self.images[0]
-        if self.video is not None:
-            data["video"] = self.video
-        return {"prompt": self.text, "multi_modal_data": data} if data else {"prompt": self.text}
 
 
 @pytest.fixture(scope="module", params=["llava_next", "llava_onevision"])
@@ -106,42 +89,35 @@ def clip():
 
 def engine(checkpoint, settings=None, **options):
     limits = {"image": 2} if family(checkpoint) == "llava_next" else {"image": 2, "video": 1}
-    return vllm.LLM(
-        model=str(checkpoint[0]), hf_overrides={"svdprune": settings} if settings else None,
-        limit_mm_per_prompt=limits, **options, **ENGINE_OPTIONS,
-    )  # fmt: skip
+    return vllm_engine(checkpoint[0], settings, limit_mm_per_prompt=limits, **options, **ENGINE_OPTIONS)
 
 
 @pytest.fixture(scope="module")
 def pruned_llm(checkpoint):
-    llm = engine(checkpoint, {"budget": BUDGET}, max_num_batched_tokens=24, enable_chunked_prefill=True)
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    with engine(checkpoint, {"budget": BUDGET}, max_num_batched_tokens=24, enable_chunked_prefill=True) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def other_llm(checkpoint):
-    llm = engine(checkpoint, {"budget": BUDGET, **OTHER_SETTINGS[family(checkpoint)]})
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    with engine(checkpoint, {"budget": BUDGET, **OTHER_SETTINGS[family(checkpoint)]}) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def large_budget_llm(checkpoint):
-    llm = engine(checkpoint, LARGE_BUDGET)
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    with engine(checkpoint, LARGE_BUDGET) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def stock_llm(checkpoint):
-    llm = engine(checkpoint)
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    with engine(checkpoint) as llm:
+        yield llm
 
 
 def greedy():
-    return vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0)
+    return vllm_greedy(MAX_TOKENS)
 
 
 def hf_inputs(processor, prompt: Prompt):
@@ -355,8 +331,8 @@ def test_profiling_sizes_the_unpruned_image(pruned_llm, stock_llm):
     ],
 )
 def test_bad_settings_fail_at_start(checkpoint, settings, message):
-    with pytest.raises(ValueError, match=message):
-        engine(checkpoint, {"budget": BUDGET, **settings})
+    with pytest.raises(ValueError, match=message), engine(checkpoint, {"budget": BUDGET, **settings}):
+        pass
 
 
 # -- vllm serve -----------------------------------------------------------------------------------
@@ -382,7 +358,7 @@ def test_serve_chat_completion_equals_offline(pruned_llm, checkpoint, pictures, 
             {"model": str(checkpoint[0]), "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS},
             timeout=120,
         )
-    (offline,) = pruned_llm.chat(messages, vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))
+    (offline,) = pruned_llm.chat(messages, vllm_greedy(MAX_TOKENS, logprobs=False))
     assert len(placeholders(offline, checkpoint[1].config.image_token_id)) == BUDGET + 16
     assert answer["usage"]["prompt_tokens"] == len(offline.prompt_token_ids)
     assert answer["choices"][0]["message"]["content"] == offline.outputs[0].text

@@ -13,18 +13,16 @@ in blocks of 32), one stock, and for Qwen2.5-VL one pruning per video clip and o
 
 import json
 import os
-from dataclasses import dataclass
-
 import pytest
 
-vllm = pytest.importorskip("vllm")
+pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import svdprune  # noqa: E402
-from helpers import data_url, post, transformers_greedy, vllm_serve  # noqa: E402
+from helpers import Prompt, data_url, post, transformers_greedy, vllm_engine, vllm_greedy, vllm_serve  # noqa: E402
 from svdprune.integrations import adapter_for  # noqa: E402
 from svdprune.testing import images as photos  # noqa: E402
 from svdprune.testing import models as tiny_models  # noqa: E402
@@ -49,21 +47,6 @@ ENGINE_OPTIONS = dict(
     limit_mm_per_prompt={"image": 2, "video": 1},
     seed=0,
 )
-
-
-@dataclass
-class Prompt:
-    text: str
-    images: tuple = ()
-    video: np.ndarray | None = None  # [frames, H, W, 3] uint8
-
-    def request(self) -> dict:
-        data = {}
-        if self.images:
-            data["image"] = list(self.images) if len(self.images) > 1 else self.images[0]
-        if self.video is not None:
-            data["video"] = (self.video, {**VIDEO_METADATA, "do_sample_frames": False})
-        return {"prompt": self.text, "multi_modal_data": data} if data else {"prompt": self.text}
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
@@ -100,29 +83,29 @@ def clip():
 
 
 def engine(checkpoint, settings=None, **options):
-    return vllm.LLM(
-        model=str(checkpoint[0]), hf_overrides={"svdprune": settings} if settings else None, **options, **ENGINE_OPTIONS
-    )
+    return vllm_engine(checkpoint[0], settings, **options, **ENGINE_OPTIONS)
 
 
 @pytest.fixture(scope="module")
 def pruned_llm(checkpoint):
-    llm = engine(
-        checkpoint, {"budget": BUDGET}, max_num_batched_tokens=24, enable_chunked_prefill=True, enable_mm_embeds=True
-    )
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    options = dict(max_num_batched_tokens=24, enable_chunked_prefill=True, enable_mm_embeds=True)
+    with engine(checkpoint, {"budget": BUDGET}, **options) as llm:
+        yield llm
 
 
 @pytest.fixture(scope="module")
 def stock_llm(checkpoint):
-    llm = engine(checkpoint)
-    yield llm
-    llm.llm_engine.engine_core.shutdown()
+    with engine(checkpoint) as llm:
+        yield llm
 
 
 def greedy():
-    return vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0)
+    return vllm_greedy(MAX_TOKENS)
+
+
+def video_prompt(text: str, frames: np.ndarray) -> Prompt:
+    """A prompt with ``frames`` as its video, sampled as VIDEO_METADATA says."""
+    return Prompt(text, video=frames, video_metadata=VIDEO_METADATA)
 
 
 def hf_inputs(processor, prompt: Prompt):
@@ -132,7 +115,7 @@ def hf_inputs(processor, prompt: Prompt):
     if prompt.images:
         visuals["images"] = list(prompt.images)
     if prompt.video is not None:
-        visuals.update(videos=[prompt.video], video_metadata=[VideoMetadata(**VIDEO_METADATA)], do_sample_frames=False)
+        visuals.update(videos=[prompt.video], video_metadata=[VideoMetadata(**prompt.video_metadata)], do_sample_frames=False)
     return processor(text=[prompt.text], return_tensors="pt", **visuals)
 
 
@@ -223,7 +206,7 @@ def test_image_smaller_than_budget_keeps_all(pruned_llm, checkpoint, small_pictu
 
 def test_video(pruned_llm, checkpoint, clip):
     """``budget`` tokens of every merged frame."""
-    prompt = Prompt(ONE_VIDEO, video=clip)
+    prompt = video_prompt(ONE_VIDEO, clip)
     (output,) = pruned_llm.generate(prompt.request(), greedy())
     assert len(placeholders(output, checkpoint[1].config.video_token_id)) == 2 * BUDGET
     assert_matches_hf(output, checkpoint, prompt, BUDGET)
@@ -233,7 +216,7 @@ def test_mixed_batch(pruned_llm, checkpoint, pictures, small_picture, clip):
     """Images, a video and text alone in one batch of different lengths."""
     prompts = [
         Prompt(f"USER: {IMAGE}What colour is it? ASSISTANT:", pictures[2:3]),
-        Prompt(f"USER: {VIDEO}Describe the video. ASSISTANT:", video=clip[::-1].copy()),
+        video_prompt(f"USER: {VIDEO}Describe the video. ASSISTANT:", clip[::-1].copy()),
         Prompt("USER: What is a photograph? ASSISTANT:"),
         Prompt(f"USER: {IMAGE}How many objects are there, and where are they, left or right? ASSISTANT:", (small_picture,)),
     ]
@@ -248,14 +231,12 @@ def test_video_per_clip(checkpoint, clip):
     Qwen3-VL gives each merged frame its own, sized before the vision tower runs: refused)."""
     if checkpoint[1].config.model_type == "qwen3_vl":
         with pytest.raises(ValueError, match=r"svdprune\.scope 'video' is not served for Qwen3-VL"):
-            engine(checkpoint, {"budget": BUDGET, "scope": "video"})
+            with engine(checkpoint, {"budget": BUDGET, "scope": "video"}):
+                pass
         return
-    llm = engine(checkpoint, {"budget": 2 * BUDGET + 3, "scope": "video"})
-    try:
-        prompt = Prompt(ONE_VIDEO, video=clip)
+    prompt = video_prompt(ONE_VIDEO, clip)
+    with engine(checkpoint, {"budget": 2 * BUDGET + 3, "scope": "video"}) as llm:
         (output,) = llm.generate(prompt.request(), greedy())
-    finally:
-        llm.llm_engine.engine_core.shutdown()
     assert len(placeholders(output, checkpoint[1].config.video_token_id)) == 2 * BUDGET + 3
     assert_matches_hf(output, checkpoint, prompt, 2 * BUDGET + 3, scope="video")
 
@@ -293,12 +274,9 @@ def test_tensor_parallel_keeps_the_same_tokens(checkpoint, pictures, monkeypatch
     cores = sorted(os.sched_getaffinity(0))
     # vLLM binds each CPU rank to a NUMA node of its own unless told which cores to use.
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cores[0]}|{cores[1]}")
-    llm = engine(checkpoint, {"budget": BUDGET}, tensor_parallel_size=2, distributed_executor_backend="mp")
-    try:
-        prompt = Prompt(ONE_IMAGE, pictures[:1])
+    prompt = Prompt(ONE_IMAGE, pictures[:1])
+    with engine(checkpoint, {"budget": BUDGET}, tensor_parallel_size=2, distributed_executor_backend="mp") as llm:
         (output,) = llm.generate(prompt.request(), greedy())
-    finally:
-        llm.llm_engine.engine_core.shutdown()
     assert_matches_hf(output, checkpoint, prompt, BUDGET)
 
 
@@ -306,7 +284,7 @@ def test_tensor_parallel_keeps_the_same_tokens(checkpoint, pictures, monkeypatch
 
 
 def test_without_key_is_unpruned(stock_llm, checkpoint, pictures, clip):
-    prompts = [Prompt(ONE_IMAGE, pictures[:1]), Prompt(ONE_VIDEO, video=clip)]
+    prompts = [Prompt(ONE_IMAGE, pictures[:1]), video_prompt(ONE_VIDEO, clip)]
     outputs = stock_llm.generate([prompt.request() for prompt in prompts], greedy())
     assert len(placeholders(outputs[0], checkpoint[1].config.image_token_id)) == tiny_models.QWEN_MAX_TOKENS
     for output, prompt in zip(outputs, prompts):
@@ -370,8 +348,8 @@ def test_prompt_ending_inside_an_image_is_refused(pruned_llm, pictures):
     ],
 )
 def test_bad_configurations_fail_at_start(checkpoint, settings, options, message):
-    with pytest.raises(ValueError, match=message):
-        engine(checkpoint, settings, **options)
+    with pytest.raises(ValueError, match=message), engine(checkpoint, settings, **options):
+        pass
 
 
 @pytest.mark.parametrize(
@@ -385,15 +363,16 @@ def test_settings_are_refused_as_svdprune_prune_refuses_them(checkpoint, setting
     _, model, processor = checkpoint
     with pytest.raises(ValueError) as refused:
         svdprune.prune(model, processor, **{"budget": 8, **settings})
-    with pytest.raises(ValueError) as served:
-        engine(checkpoint, {"budget": 8, **settings})
+    with pytest.raises(ValueError) as served, engine(checkpoint, {"budget": 8, **settings}):
+        pass
     assert f"Value error, svdprune.{refused.value} [" in str(served.value)
 
 
 def test_v2_model_runner_fails_at_start(checkpoint, monkeypatch):
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(ValueError, match=r"svdprune: .* V1 model runner only; set VLLM_USE_V2_MODEL_RUNNER=0"):
-        engine(checkpoint, {"budget": 8})
+        with engine(checkpoint, {"budget": 8}):
+            pass
 
 
 # -- vllm serve -----------------------------------------------------------------------------------
@@ -419,7 +398,7 @@ def test_serve_chat_completion_equals_offline(pruned_llm, checkpoint, pictures, 
             {"model": str(checkpoint[0]), "messages": messages, "temperature": 0, "max_tokens": MAX_TOKENS},
             timeout=120,
         )
-    (offline,) = pruned_llm.chat(messages, vllm.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS))
+    (offline,) = pruned_llm.chat(messages, vllm_greedy(MAX_TOKENS, logprobs=False))
     assert len(placeholders(offline, checkpoint[1].config.image_token_id)) == BUDGET
     assert answer["usage"]["prompt_tokens"] == len(offline.prompt_token_ids)
     assert answer["choices"][0]["message"]["content"] == offline.outputs[0].text
